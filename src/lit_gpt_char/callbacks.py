@@ -1,0 +1,67 @@
+"""Training callbacks of our own; Lightning's stock ones are configured in conf/callbacks/."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from rich.console import Console
+from rich.panel import Panel
+from rich.text import Text
+
+from lit_gpt_char.module import LitGPT
+
+
+class GenerateSamples(L.Callback):
+    """Every `every_n_steps` optimizer steps and at the end of training, write some text.
+
+    Seeing the text go from noise to Shakespeare is the quickest sanity check there is. The
+    sample is printed on rank 0 and logged to TensorBoard as text. It uses its own seeded
+    generator and restores train mode, so it never changes what training does next.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None = 500,
+        prompt: str = "\n",
+        max_new_tokens: int = 300,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        seed: int = 1337,
+    ):
+        self.every_n_steps = every_n_steps
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self.sample(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self._last_step and not trainer.sanity_checking:
+            self.sample(trainer, pl_module)
+
+    def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
+        self._last_step = trainer.global_step
+        if not trainer.is_global_zero or not isinstance(pl_module, LitGPT) or self.max_new_tokens <= 0:
+            return None
+        tok, model = pl_module.tokenizer, pl_module.model
+        prompt = "".join(c for c in self.prompt if c in tok.stoi) or tok.chars[0]
+        idx = torch.tensor([tok.encode(prompt)], device=pl_module.device)
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        was_training = model.training
+        model.eval()
+        try:
+            out = model.generate(idx, self.max_new_tokens, self.temperature, self.top_k, generator=generator)
+        finally:
+            model.train(was_training)
+        text = prompt + tok.decode(out[0, idx.shape[1] :])
+        Console().print(Panel(Text(text), title=f"sample at step {trainer.global_step}", expand=False))
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # Indent by 4 spaces so TensorBoard's markdown shows it verbatim, line breaks kept.
+                md = "\n".join("    " + line for line in text.split("\n"))
+                logger.experiment.add_text("samples", md, global_step=trainer.global_step)
+        return text

@@ -1,0 +1,309 @@
+"""Corpus -> tokenizer -> windows.
+
+`TextDataModule` reads one UTF-8 text file (Tiny Shakespeare, downloaded on first use, by
+default), builds the character tokenizer, splits the ids 90/10 like nanoGPT, and serves:
+
+- training batches of random windows drawn by a seeded generator (one per rank), cut from one
+  tensor by indexing, with the generator state saved in checkpoints for exact resume;
+- validation over the WHOLE val split in consecutive non-overlapping windows, sharded across
+  ranks without padding, so the val loss is the true per-character loss of the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_gpt_char.errors import UserError
+from lit_gpt_char.tokenizer import CharTokenizer
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, timeout: float = 30.0) -> None:
+    """Fetch url into dest atomically (temporary file, then rename), so no half file is left."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_corpus(
+    path: str | Path | None, data_dir: str | Path, filename: str, url: str, sha256: str | None
+) -> Path:
+    """The corpus file to train on: `path` as given, or data_dir/filename, downloaded if missing.
+
+    The checksum guards the downloaded default corpus only; a file passed as `path` is the
+    user's own text and is taken as it is.
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise UserError(f"data.path={path} does not exist or is not a file: pass the path of a UTF-8 text file")
+        return p
+    p = Path(data_dir).expanduser() / filename
+    if not p.is_file():
+        rank_zero_info(f"Downloading {url} -> {p}")
+        try:
+            download(url, p)
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise UserError(
+                f"could not download the corpus from {url} ({e}). Put the file at {p} "
+                f"(any copy of Tiny Shakespeare, sha256 {sha256}), or pass data.path=/path/to/text.txt "
+                "to train on another UTF-8 text file."
+            ) from None
+    if sha256:
+        got = sha256_of(p)
+        if got != sha256:
+            raise UserError(
+                f"checksum mismatch for {p}: sha256 {got}, expected {sha256}. The file is damaged "
+                "or not the expected corpus: delete it to download it again, or pass data.path=... "
+                "to train on it as your own text."
+            )
+    return p
+
+
+def read_corpus(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read the corpus {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"the corpus {path} is not UTF-8 text (bad byte at offset {e.start}): convert it, "
+            f"e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.txt"
+        ) from None
+    if not text:
+        raise UserError(f"the corpus {path} is empty: pass data.path= a file with text in it")
+    return text
+
+
+def split_sizes(n: int, train_fraction: float) -> tuple[int, int]:
+    n_train = int(n * train_fraction)
+    return n_train, n - n_train
+
+
+class RandomWindows:
+    """Training batches: `batch_size` random windows of block_size+1 ids, forever.
+
+    `len()` is the number of batches per "epoch" (Lightning's loop stops there); the generator
+    runs on across epochs. It is stateful so Lightning stores the generator in checkpoints and
+    a resumed run draws exactly the batches an uninterrupted run would have drawn.
+    """
+
+    def __init__(
+        self,
+        data: torch.Tensor,
+        block_size: int,
+        batch_size: int,
+        batches_per_epoch: int,
+        seed: int,
+        repeat_batches: int | None = None,
+    ):
+        self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.batches_per_epoch, self.seed, self.repeat_batches = batches_per_epoch, seed, repeat_batches
+        self.generator = torch.Generator().manual_seed(seed)
+        self.drawn = 0
+        self.offsets = torch.arange(block_size + 1)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            yield self.draw()
+
+    def draw(self) -> Batch:
+        if self.repeat_batches and self.drawn % self.repeat_batches == 0:
+            self.generator.manual_seed(self.seed)  # overfitting on purpose: the same batches again
+        self.drawn += 1
+        starts = torch.randint(len(self.data) - self.block_size, (self.batch_size, 1), generator=self.generator)
+        w = self.data[starts + self.offsets].long()
+        return w[:, :-1], w[:, 1:]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.drawn = state["drawn"]
+
+
+class ValWindows:
+    """Validation batches: the split cut into consecutive windows of block_size targets.
+
+    Window i covers targets [i*T+1, (i+1)*T] of the split; the last one may be shorter, so
+    every target of the split is scored exactly once. With several ranks, rank r takes windows
+    r, r+W, r+2W, ... (no padding, no duplicates).
+    """
+
+    def __init__(
+        self,
+        data: torch.Tensor,
+        block_size: int,
+        batch_size: int,
+        max_batches: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        n_targets = len(data) - 1
+        starts = list(range(0, n_targets, block_size))
+        if max_batches is not None:
+            starts = starts[: max_batches * batch_size]
+        self.starts = starts[rank::world_size]
+
+    @property
+    def num_targets(self) -> int:
+        n = len(self.data) - 1
+        return sum(min(self.block_size, n - s) for s in self.starts)
+
+    def _batches(self) -> list[list[int]]:
+        n = len(self.data) - 1
+        full = [s for s in self.starts if s + self.block_size <= n]
+        tail = [s for s in self.starts if s + self.block_size > n]
+        groups = [full[i : i + self.batch_size] for i in range(0, len(full), self.batch_size)]
+        return groups + [[s] for s in tail]
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self) -> Iterator[Batch]:
+        for group in self._batches():
+            t = min(self.block_size, len(self.data) - 1 - group[0])
+            idx = torch.tensor(group)[:, None] + torch.arange(t + 1)
+            w = self.data[idx].long()
+            yield w[:, :-1], w[:, 1:]
+
+
+class TextDataModule(L.LightningDataModule):
+    """One text file as a character-level language-modelling task (Tiny Shakespeare by default)."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        data_dir: str = "data",
+        filename: str = "tinyshakespeare.txt",
+        url: str = SHAKESPEARE_URL,
+        sha256: str | None = SHAKESPEARE_SHA256,
+        block_size: int = 256,
+        batch_size: int = 64,
+        batches_per_epoch: int = 1000,
+        repeat_batches: int | None = None,
+        val_batch_size: int | None = None,
+        val_max_batches: int | None = None,
+        train_fraction: float = 0.9,
+        seed: int = 1337,
+        tokenizer_path: str | None = None,
+    ):
+        super().__init__()
+        for name, value in (("block_size", block_size), ("batch_size", batch_size), ("batches_per_epoch", batches_per_epoch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                key = "model.block_size" if name == "block_size" else f"data.{name}"
+                raise UserError(f"{key} must be a positive integer, got {value!r}")
+        if val_max_batches is not None and val_max_batches <= 0:
+            raise UserError(f"data.val_max_batches must be positive or null (the whole split), got {val_max_batches}")
+        if not 0 < train_fraction < 1:
+            raise UserError(f"data.train_fraction must be between 0 and 1, got {train_fraction}")
+        self.path, self.data_dir, self.filename = path, data_dir, filename
+        self.url, self.sha256 = url, sha256
+        self.block_size, self.batch_size = block_size, batch_size
+        self.batches_per_epoch, self.repeat_batches = batches_per_epoch, repeat_batches
+        self.val_batch_size = val_batch_size or batch_size
+        self.val_max_batches = val_max_batches
+        self.train_fraction, self.seed = train_fraction, seed
+        self.tokenizer_path = tokenizer_path
+        self._corpus: Path | None = None
+        self._text: str | None = None
+        self._tokenizer: CharTokenizer | None = None
+        self.train_data: torch.Tensor | None = None
+        self.val_data: torch.Tensor | None = None
+
+    # --- corpus and tokenizer -------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.corpus_path()
+
+    def corpus_path(self) -> Path:
+        """Checked (and downloaded) once per process."""
+        if self._corpus is None:
+            self._corpus = ensure_corpus(self.path, self.data_dir, self.filename, self.url, self.sha256)
+        return self._corpus
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = read_corpus(self.corpus_path())
+        return self._text
+
+    @property
+    def tokenizer(self) -> CharTokenizer:
+        """Built once from the whole corpus (every character of train and val)."""
+        if self._tokenizer is None:
+            self._tokenizer = CharTokenizer.from_text(self.text)
+        return self._tokenizer
+
+    # --- splits ---------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_data is not None:
+            return
+        ids = self.tokenizer.encode_tensor(self.text)
+        n_train, n_val = split_sizes(len(ids), self.train_fraction)
+        need = self.block_size + 1
+        for name, n in (("train", n_train), ("val", n_val)):
+            if n < need:
+                raise UserError(
+                    f"the {name} split of {self.corpus_path()} has {n} characters, fewer than one window "
+                    f"of model.block_size+1 = {need}: use a longer text or a smaller model.block_size"
+                )
+        self.train_data, self.val_data = ids[:n_train], ids[n_train:]
+        if self.tokenizer_path and (self.trainer is None or self.trainer.is_global_zero):
+            self.tokenizer.save(self.tokenizer_path)
+        rank_zero_info(
+            f"Corpus {self.corpus_path()}: {len(ids):,} characters, vocabulary {self.tokenizer.vocab_size}, "
+            f"train {n_train:,} / val {n_val:,}"
+        )
+
+    def _rank(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def train_dataloader(self) -> RandomWindows:
+        rank, _ = self._rank()
+        # Each rank draws its own windows; the seed stays reproducible per rank.
+        return RandomWindows(
+            self.train_data, self.block_size, self.batch_size, self.batches_per_epoch,
+            seed=self.seed + 1000 * rank, repeat_batches=self.repeat_batches,
+        )
+
+    def val_dataloader(self) -> ValWindows:
+        rank, world = self._rank()
+        return ValWindows(self.val_data, self.block_size, self.val_batch_size, self.val_max_batches, rank, world)

@@ -1,0 +1,45 @@
+"""User errors: mistakes a user can fix, shown as one message without a traceback.
+
+Bugs still raise normally. Entry points wrap their work in `user_errors`, which prints
+``error: <message>`` to stderr and exits with status 2. Inside a Hydra multirun the error
+is re-raised instead, so the sweep records the job as failed and goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class UserError(ValueError):
+    """Bad input (a path, a value, a file); the message names it and says how to fix it."""
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        return False
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn a UserError raised by fn into `error: ...` on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            if _in_multirun() or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,281 @@
+"""The GPT, in plain PyTorch: read it top to bottom.
+
+Token + learned position embeddings -> n_layer pre-LayerNorm blocks (causal self-attention
+through ``F.scaled_dot_product_attention``, GELU MLP) -> final LayerNorm -> a head tied to
+the token embedding. Generation keeps a key/value cache so each new character costs one
+position, not a forward pass over the whole context.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lit_gpt_char.errors import UserError
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.2
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        """Reject impossible shapes here, with the config key to change, not deep in a matmul."""
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            lower = self.n_embd - self.n_embd % self.n_head
+            raise UserError(
+                f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}: "
+                f"use e.g. model.n_embd={lower or self.n_head} or a n_head that divides {self.n_embd}"
+            )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.bias, bool):
+            raise UserError(f"model.bias must be true or false, got {self.bias!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far (at most block_size).
+
+    Allocated lazily on the first update so it takes the dtype and device the attention
+    produces (bf16 under autocast, say).
+    """
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.n_layer, self.max_len = n_layer, max_len
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.pos = 0  # positions already stored (for all layers)
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, hd) at positions pos..pos+T-1; return all stored keys and values."""
+        b, h, t, hd = k.shape
+        end = self.pos + t
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > block_size {self.max_len}")
+        if self.k is None or self.k.shape[1] != b or self.k.dtype != k.dtype or self.k.device != k.device:
+            shape = (self.n_layer, b, h, self.max_len, hd)
+            self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
+            self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
+        if cache is None:
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            # Only two shapes occur: a prefill from position 0 (causal within the chunk) and
+            # one new position attending to everything cached (no mask needed).
+            if t > 1 and cache.pos != 0:
+                raise ValueError("a multi-token chunk must start at position 0 of the cache")
+            k, v = cache.update(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+        y = y.transpose(1, 2).reshape(b, t, c)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying: one matrix reads and writes characters
+
+        # GPT-2 init: N(0, 0.02), and residual projections scaled by 1/sqrt(2 * n_layer) so the
+        # residual stream's variance does not grow with depth.
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; non_embedding drops the position table (nanoGPT's convention)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B."""
+        cfg, t = self.config, seq_len or self.config.block_size
+        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * t
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every position of idx (B, T); mean cross-entropy if targets are given."""
+        t = idx.shape[1]
+        start = cache.pos if cache is not None else 0
+        if start + t > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + t} positions is longer than block_size {self.config.block_size}"
+            )
+        pos = torch.arange(start, start + t, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        logits = self.lm_head(self.ln_f(x))
+        if cache is not None:
+            cache.pos += t
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate_stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        slide: int | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield max_new_tokens new ids, one (B,) tensor per step, continuing each row of idx.
+
+        The prompt is prefilled once; each new token then costs one position through the
+        key/value cache. Learned positions stop at block_size, so when the cache is full the
+        window slides: the context is cut to its last block_size - slide + 1 characters
+        (default slide = block_size // 4) and prefilled again from position 0. Each token is
+        thus predicted from at least block_size - slide + 1 characters (from all of them while
+        the text is shorter than block_size), at one re-prefill every `slide` new tokens.
+        slide=1 is exactly the usual "crop to the last block_size characters" rule, at the
+        cost of a full forward pass per token.
+        """
+        if max_new_tokens <= 0:
+            return
+        w = self.config.block_size
+        slide = max(1, w // 4) if slide is None else slide
+        if not 1 <= slide <= w:
+            raise ValueError(f"slide must be in [1, block_size={w}], got {slide}")
+        b = idx.shape[0]
+        keep = w - slide + 1  # context length right after a slide
+        # The last w tokens seen so far, kept for re-prefills after a slide.
+        window = idx[:, -w:]
+        cache = KVCache(self.config.n_layer, w)
+        logits, _ = self(window, cache=cache)
+        logits = logits[:, -1, :]
+        for step in range(max_new_tokens):
+            nxt = sample_logits(logits, temperature, top_k, top_p, generator)
+            yield nxt
+            if step == max_new_tokens - 1:
+                break
+            window = torch.cat([window, nxt[:, None]], dim=1)[:, -w:]
+            if cache.pos == w:
+                cache.reset()
+                logits, _ = self(window[:, -keep:], cache=cache)
+            else:
+                logits, _ = self(nxt.view(b, 1), cache=cache)
+            logits = logits[:, -1, :]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        slide: int | None = None,
+    ) -> torch.Tensor:
+        """idx (B, T) followed by max_new_tokens sampled ids; see generate_stream."""
+        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, slide))
+        return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One id per row of logits (B, V): greedy at temperature 0, else from the filtered softmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass;
+        # the most likely token always stays.
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,134 @@
+"""The LightningModule: loss, optimizer, learning-rate schedule, logging, checkpoint contents.
+
+Checkpoints hold plain Python values only: the hyperparameters (including the vocabulary) and,
+beside Lightning's usual entries, ``model_config`` and ``tokenizer`` (the seed's JSON format),
+so ``torch.load(path, weights_only=True)`` works and sampling needs nothing but the file.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from lit_gpt_char.errors import UserError
+from lit_gpt_char.model import GPT, GPTConfig
+from lit_gpt_char.tokenizer import CharTokenizer
+
+DEFAULT_OPTIM: dict[str, Any] = {
+    "lr": 1e-3,
+    "min_lr": 1e-4,
+    "weight_decay": 0.1,
+    "betas": (0.9, 0.99),
+    "eps": 1e-8,
+    "warmup_steps": 100,
+    "decay_steps": 5000,
+}
+
+
+def warmup_cosine(step: int, lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
+    """Learning rate at optimizer step `step` (0-based): linear warmup, cosine to min_lr, then flat.
+
+    Warmup starts at lr/(warmup_steps+1), never at 0, so the first step already learns.
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    if step >= decay_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+class LitGPT(L.LightningModule):
+    """A character GPT with its tokenizer; `vocab` is the tokenizer's character list."""
+
+    def __init__(
+        self,
+        vocab: list[str],
+        block_size: int = 256,
+        n_layer: int = 6,
+        n_head: int = 6,
+        n_embd: int = 384,
+        dropout: float = 0.2,
+        bias: bool = False,
+        compile: bool = False,
+        optim: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        unknown = set(optim or {}) - DEFAULT_OPTIM.keys()
+        if unknown:
+            raise UserError(f"unknown optim option(s) {sorted(unknown)}: valid ones are {sorted(DEFAULT_OPTIM)}")
+        self.optim = {**DEFAULT_OPTIM, **(optim or {})}
+        self.optim["betas"] = tuple(self.optim["betas"])
+        self.save_hyperparameters()
+        self.tokenizer = CharTokenizer(vocab)
+        self.model = GPT(GPTConfig(len(vocab), block_size, n_layer, n_head, n_embd, dropout, bias))
+        # The compiled wrapper shares the model's parameters but is kept out of the module tree,
+        # so state dicts never carry torch.compile's `_orig_mod.` prefix.
+        self.__dict__["_compiled"] = torch.compile(self.model) if compile else None
+        self._val_sum: torch.Tensor | None = None
+        self._val_count = 0
+        self._t_last: float | None = None
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return (self._compiled or self.model)(idx, targets)
+
+    # --- training and validation ------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        _, loss = self(x, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._t_last is not None:
+            tokens = batch[1].numel() * self.trainer.world_size
+            self.log("train/tokens_per_s", tokens / (now - self._t_last), on_step=True, on_epoch=False)
+        self._t_last = now
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_count = 0
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self(x, y)
+        # Sum over characters, not a mean of batch means: the last window may be shorter.
+        self._val_sum += loss.double() * y.numel()
+        self._val_count += y.numel()
+
+    def on_validation_epoch_end(self) -> None:
+        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(
+            torch.tensor(self._val_count, dtype=torch.float64, device=self.device), reduce_op="sum"
+        )
+        loss = (total / count).float()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/bpc", loss / math.log(2))
+        self._t_last = None  # validation time is not training throughput
+
+    # --- optimizer and schedule -----------------------------------------------------------------
+    def configure_optimizers(self) -> dict:
+        o = self.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": o["weight_decay"]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=o["betas"], eps=o["eps"], fused=fused)
+
+        def factor(step: int) -> float:
+            return warmup_cosine(step, o["lr"], o["min_lr"], o["warmup_steps"], o["decay_steps"]) / o["lr"]
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- checkpoint contents ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["model_config"] = self.model.config.to_dict()
+        checkpoint["tokenizer"] = self.tokenizer.to_dict()

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from lit_gpt_char.data import SHAKESPEARE_SHA256, RandomWindows, TextDataModule, ValWindows, ensure_corpus
+from lit_gpt_char.errors import UserError
+
+
+def test_real_corpus_split_sizes(real_corpus, tmp_path):
+    dm = TextDataModule(data_dir=str(real_corpus.parent), block_size=256, tokenizer_path=str(tmp_path / "tok.json"))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (len(dm.train_data), len(dm.val_data)) == (1_003_854, 111_540)
+    assert dm.tokenizer.vocab_size == 65
+    assert (tmp_path / "tok.json").is_file()
+
+
+def test_train_windows_are_shifted_targets_and_seeded():
+    data = torch.arange(1000) % 251
+    a = RandomWindows(data.to(torch.uint8), block_size=8, batch_size=4, batches_per_epoch=3, seed=1)
+    x, y = next(iter(a))
+    assert x.shape == y.shape == (4, 8) and x.dtype == torch.long
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert torch.equal((x + 1) % 251, y)  # consecutive ids in this data
+    b = RandomWindows(data.to(torch.uint8), block_size=8, batch_size=4, batches_per_epoch=3, seed=1)
+    assert torch.equal(next(iter(b))[0], x)
+    assert len(a) == 3
+
+
+def test_train_windows_state_dict_resumes_the_same_stream():
+    data = torch.randint(0, 50, (5000,), dtype=torch.uint8)
+    a = RandomWindows(data, 16, 4, 10, seed=3)
+    it = iter(a)
+    for _ in range(5):
+        next(it)
+    state = a.state_dict()
+    expected = [next(it)[0] for _ in range(3)]
+    b = RandomWindows(data, 16, 4, 10, seed=3)
+    b.load_state_dict(state)
+    it_b = iter(b)
+    got = [next(it_b)[0] for _ in range(3)]
+    assert all(torch.equal(e, g) for e, g in zip(expected, got))
+
+
+@pytest.mark.parametrize("n, block, world", [(1000, 64, 1), (1000, 64, 3), (129, 64, 2), (65, 64, 1)])
+def test_val_windows_score_every_target_exactly_once(n, block, world):
+    data = torch.arange(n, dtype=torch.int32)
+    seen = []
+    for rank in range(world):
+        for x, y in ValWindows(data, block, batch_size=4, rank=rank, world_size=world):
+            assert torch.equal(y, x + 1)
+            seen += y.flatten().tolist()
+    assert sorted(seen) == list(range(1, n))
+
+
+def test_val_max_batches_caps_windows():
+    data = torch.arange(10_000)
+    vw = ValWindows(data, 10, batch_size=4, max_batches=3)
+    assert len(vw) == 3 and vw.num_targets == 120
+
+
+def test_checksum_mismatch_names_file_and_fix(tmp_path):
+    (tmp_path / "tinyshakespeare.txt").write_text("not shakespeare")
+    with pytest.raises(UserError, match="checksum mismatch.*delete it to download it again"):
+        ensure_corpus(None, tmp_path, "tinyshakespeare.txt", "http://127.0.0.1:9/x", SHAKESPEARE_SHA256)
+
+
+def test_offline_error_says_where_to_put_the_file(tmp_path):
+    with pytest.raises(UserError) as e:
+        ensure_corpus(None, tmp_path / "d", "tinyshakespeare.txt", "http://127.0.0.1:9/input.txt", SHAKESPEARE_SHA256)
+    assert str(tmp_path / "d" / "tinyshakespeare.txt") in str(e.value)
+    assert "data.path=" in str(e.value)
+    assert not list((tmp_path / "d").glob("*")), "no partial download is left behind"
+
+
+def test_own_text_file(tmp_path, corpus):
+    dm = TextDataModule(path=str(corpus), block_size=32)
+    dm.setup()
+    assert dm.tokenizer.chars == sorted(set(corpus.read_text()))
+    assert len(dm.train_data) + len(dm.val_data) == len(corpus.read_text())
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is empty"),
+        (b"\xff\xfe abc" * 100, "not UTF-8"),
+        (b"abc" * 20, "fewer than one window"),
+    ],
+)
+def test_bad_corpus_files(tmp_path, content, message):
+    (tmp_path / "c.txt").write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        TextDataModule(path=str(tmp_path / "c.txt"), block_size=32).setup()
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        TextDataModule(path=str(tmp_path / "nope.txt")).prepare_data()
+
+
+@pytest.mark.parametrize("kw, message", [({"batch_size": 0}, "data.batch_size"), ({"block_size": -3}, "model.block_size")])
+def test_bad_sizes(kw, message):
+    with pytest.raises(UserError, match=message):
+        TextDataModule(**kw)

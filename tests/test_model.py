@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from lit_gpt_char.errors import UserError
+from lit_gpt_char.model import GPT, GPTConfig
+
+
+def small(**kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    return GPT(GPTConfig(**{**cfg, **kw})).eval()
+
+
+def test_shapes_and_loss():
+    model = small()
+    idx = torch.randint(0, 11, (3, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 16, 11)
+    assert loss.ndim == 0
+    # Near ln(V) at init: the GPT-2 init starts from an almost uniform prediction.
+    assert abs(loss.item() - torch.log(torch.tensor(11.0)).item()) < 0.3
+    assert model(idx)[1] is None
+
+
+def test_seed_config_parameter_count():
+    model = GPT(GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384))
+    assert 10.6e6 < model.num_params() < 10.8e6
+
+
+def test_head_is_tied_to_token_embedding():
+    model = small()
+    assert model.lm_head.weight is model.wte.weight
+    assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
+
+
+def test_causal_later_tokens_never_change_earlier_logits():
+    model = small()
+    idx = torch.randint(0, 11, (2, 16))
+    changed = idx.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 11
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-6)
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_residual_projections_use_scaled_init():
+    model = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=8, n_head=2, n_embd=64))
+    std = model.blocks[0].mlp.proj.weight.std().item()
+    assert abs(std - 0.02 / (2 * 8) ** 0.5) < 0.002
+    assert abs(model.blocks[0].mlp.fc.weight.std().item() - 0.02) < 0.002
+
+
+def test_too_long_input_is_refused():
+    with pytest.raises(ValueError, match="block_size"):
+        small()(torch.zeros((1, 17), dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"n_embd": 30, "n_head": 4}, "model.n_embd=30 must be divisible by model.n_head=4"),
+        ({"n_layer": 0}, "model.n_layer must be a positive integer, got 0"),
+        ({"block_size": -1}, "model.block_size must be a positive integer"),
+        ({"vocab_size": 2.5}, "model.vocab_size must be a positive integer"),
+        ({"dropout": 1.0}, r"model.dropout must be in \[0, 1\), got 1.0"),
+        ({"dropout": -0.1}, r"model.dropout must be in \[0, 1\)"),
+    ],
+)
+def test_config_validation_names_the_field(kw, message):
+    with pytest.raises(UserError, match=message):
+        GPTConfig(**kw)
