@@ -70,3 +70,27 @@ def test_too_long_input_is_refused():
 def test_config_validation_names_the_field(kw, message):
     with pytest.raises(UserError, match=message):
         GPTConfig(**kw)
+
+
+def test_cpu_bf16_training_attention_matches_sdpa():
+    """The explicit bf16 attention used for CPU training is the same function as SDPA's."""
+    model = small(n_embd=32)
+    model.train()  # dropout is 0 in `small`, so train mode is deterministic
+    idx = torch.randint(0, 11, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, _ = model(idx)  # grad enabled -> explicit path
+        with torch.no_grad():
+            ref, _ = model(idx)  # no grad -> SDPA
+    assert (fast.float() - ref.float()).abs().max() < 0.05
+
+
+def test_dropout_drops_p_and_keeps_the_mean():
+    from lit_gpt_char.model import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.2).train()
+    x = torch.ones(200_000)
+    y = drop(x)
+    assert abs((y == 0).float().mean().item() - 51 / 256) < 0.005
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.equal(drop.eval()(x), x)

@@ -28,6 +28,10 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.2
     bias: bool = False
+    # Dropout on the attention weights (nanoGPT applies `dropout` there too). Off by default:
+    # on a GPU it takes SDPA off its fused kernels, and the residual, MLP and embedding dropout
+    # above already regularise. The seed experiment turns it on, as the seed had it.
+    attn_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         """Reject impossible shapes here, with the config key to change, not deep in a matmul."""
@@ -41,13 +45,35 @@ class GPTConfig:
                 f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}: "
                 f"use e.g. model.n_embd={lower or self.n_head} or a n_head that divides {self.n_embd}"
             )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise UserError(f"model.{name} must be in [0, 1), got {value!r}")
         if not isinstance(self.bias, bool):
             raise UserError(f"model.bias must be true or false, got {self.bias!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with a cheaper mask on CPU: one random byte per element, drawn 8 at a time.
+
+    torch's CPU bernoulli_ costs ~8 ns per element, a seventh of a seed-size training step;
+    this costs ~2 ns. p is rounded to a multiple of 1/256 (0.2 -> 51/256 = 0.199) and the kept
+    values are scaled by the exact 1/(1-p) of that rounded p. Elsewhere it is nn.Dropout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return super().forward(x)
+        threshold = round(self.p * 256)
+        n = x.numel()
+        words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+        keep = words.view(torch.uint8)[:n].view(x.shape) >= threshold
+        return x * keep.to(x.dtype).mul_(256 / (256 - threshold))
 
 
 class KVCache:
@@ -84,17 +110,25 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.n_head, self.attn_dropout = cfg.n_head, cfg.attn_dropout
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.attn_drop = Dropout(cfg.attn_dropout)
+        self.resid_drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
-        if cache is None:
-            p = self.dropout if self.training else 0.0
+        if cache is None and q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
+            # Training in bf16 on a CPU: the explicit form below runs forward + backward ~1.6x
+            # faster than SDPA's CPU flash kernel (whose bf16 backward is slow) and makes
+            # attention dropout cheap too. Same maths; the weights are kept in bf16 like flash does.
+            t_mask = torch.full((t, t), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+            att = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1) + t_mask
+            y = self.attn_drop(att.softmax(dim=-1)) @ v
+        elif cache is None:
+            p = self.attn_dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             # Only two shapes occur: a prefill from position 0 (causal within the chunk) and
@@ -112,7 +146,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.proj(F.gelu(self.fc(x))))
@@ -137,7 +171,7 @@ class GPT(nn.Module):
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)

@@ -119,7 +119,7 @@ class LitGPT(L.LightningModule):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": o["weight_decay"]},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        fused = self.device.type == "cuda"
+        fused = self.device.type in ("cpu", "cuda")  # one kernel for all parameters
         optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=o["betas"], eps=o["eps"], fused=fused)
 
         def factor(step: int) -> float:
