@@ -56,3 +56,13 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 3
         [sys.executable, "-m", f"lit_gpt_char.{module}", *args],
         cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, corpus) -> Path:
+    """A run directory of a tiny model trained for a few steps, shared by the sampling tests."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    r = run_cli("train", *TINY, f"data.path={corpus}", "trainer.max_steps=60", "trainer.val_check_interval=30",
+                f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run_dir

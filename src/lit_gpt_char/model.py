@@ -241,7 +241,7 @@ class GPT(nn.Module):
         The prompt is prefilled once; each new token then costs one position through the
         key/value cache. Learned positions stop at block_size, so when the cache is full the
         window slides: the context is cut to its last block_size - slide + 1 characters
-        (default slide = block_size // 4) and prefilled again from position 0. Each token is
+        (default slide = block_size // 2) and prefilled again from position 0. Each token is
         thus predicted from at least block_size - slide + 1 characters (from all of them while
         the text is shorter than block_size), at one re-prefill every `slide` new tokens.
         slide=1 is exactly the usual "crop to the last block_size characters" rule, at the
@@ -250,7 +250,7 @@ class GPT(nn.Module):
         if max_new_tokens <= 0:
             return
         w = self.config.block_size
-        slide = max(1, w // 4) if slide is None else slide
+        slide = max(1, w // 2) if slide is None else slide
         if not 1 <= slide <= w:
             raise ValueError(f"slide must be in [1, block_size={w}], got {slide}")
         b = idx.shape[0]

@@ -1,0 +1,143 @@
+"""Text in, text out: the sampling API for scripts and notebooks.
+
+    from lit_gpt_char import load_generator
+    gen = load_generator("outputs/train/runs/<run>")      # or a .ckpt, or an export dir
+    print(gen.generate("ROMEO:", max_new_tokens=200, seed=1))
+    for piece in gen.stream("JULIET:", max_new_tokens=200):
+        print(piece, end="", flush=True)
+
+Needs only the checkpoint (model config and tokenizer travel inside it), and no Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from lit_gpt_char.checkpoint import Loaded, load_any
+from lit_gpt_char.errors import UserError
+from lit_gpt_char.model import GPT
+from lit_gpt_char.tokenizer import CharTokenizer
+
+PRECISIONS = {"32": torch.float32, "32-true": torch.float32, "bf16": torch.bfloat16, "bf16-true": torch.bfloat16,
+              "16": torch.float16, "16-true": torch.float16}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device} but no CUDA device is available: use device=cpu or device=auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"device={device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on GPUs that support it; float32 on CPUs (a bf16 matvec is not faster there)."""
+    precision = str(precision)
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if precision not in PRECISIONS:
+        raise UserError(f"precision={precision!r} is not one of auto, {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def check_options(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, num_samples: int = 1) -> None:
+    """Reject impossible sampling options with the value and the valid range."""
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if temperature < 0:
+        raise UserError(f"temperature={temperature} must be >= 0 (0 = greedy, 1 = the model's distribution)")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k={top_k} must be >= 1 (or null for no limit)")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p={top_p} must be in (0, 1] (or null for no limit)")
+    if num_samples < 1:
+        raise UserError(f"num_samples={num_samples} must be >= 1")
+
+
+class TextGenerator:
+    """A trained model and its tokenizer on one device, ready to write text."""
+
+    def __init__(self, model: GPT, tokenizer: CharTokenizer, device: torch.device, dtype: torch.dtype = torch.float32):
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.tokenizer, self.device, self.dtype = tokenizer, device, dtype
+        self._compiled = False
+
+    @property
+    def num_params(self) -> int:
+        return self.model.num_params()
+
+    def compile(self) -> TextGenerator:
+        """torch.compile the model (worth it for long generations; the first call compiles)."""
+        if not self._compiled:
+            self.model.forward = torch.compile(self.model.forward, dynamic=True)
+            self._compiled = True
+        return self
+
+    def encode_prompt(self, prompt: str, on_unknown: str = "error") -> list[int]:
+        if on_unknown not in ("error", "skip"):
+            raise UserError(f"on_unknown={on_unknown!r} must be 'error' or 'skip'")
+        unknown = self.tokenizer.unknown(prompt)
+        if unknown and on_unknown == "error":
+            shown = ", ".join(repr(c) for c in unknown)
+            raise UserError(
+                f"the prompt has {len(unknown)} character(s) not in the model's vocabulary: {shown}. "
+                "Remove them, or pass on_unknown=skip to drop them."
+            )
+        prompt = "".join(c for c in prompt if c in self.tokenizer.stoi)
+        if not prompt:
+            raise UserError("the prompt is empty (after dropping unknown characters): give at least one character")
+        return self.tokenizer.encode(prompt)
+
+    def stream(
+        self,
+        prompt: str = "\n",
+        max_new_tokens: int = 500,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        on_unknown: str = "error",
+        slide: int | None = None,
+    ) -> Iterator[str]:
+        """Yield the new text one character at a time (the prompt is not repeated)."""
+        check_options(max_new_tokens, temperature, top_k, top_p)
+        ids = self.encode_prompt(prompt, on_unknown)
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed) if seed is not None else generator.seed()
+        for nxt in self.model.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, slide):
+            yield self.tokenizer.chars[int(nxt[0])]
+
+    def generate(
+        self,
+        prompt: str = "\n",
+        max_new_tokens: int = 500,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        on_unknown: str = "error",
+        slide: int | None = None,
+    ) -> str:
+        """The prompt followed by max_new_tokens generated characters."""
+        ids = self.encode_prompt(prompt, on_unknown)
+        new = "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed, on_unknown, slide))
+        return self.tokenizer.decode(ids) + new
+
+
+def load_generator(
+    path: str | Path | Loaded, device: str = "auto", precision: str = "auto", compile: bool = False
+) -> TextGenerator:
+    """A TextGenerator from a .ckpt, a run directory, or an export directory (model.pt + tokenizer.json)."""
+    loaded = path if isinstance(path, Loaded) else load_any(path)
+    dev = pick_device(device)
+    gen = TextGenerator(loaded.build(), loaded.tokenizer, dev, pick_dtype(precision, dev))
+    return gen.compile() if compile else gen
