@@ -74,7 +74,8 @@ class LitGPT(L.LightningModule):
         self._t_last: float | None = None
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        return (self._compiled or self.model)(idx, targets)
+        model = self._compiled if self._compiled is not None else self.model
+        return model(idx, targets)
 
     # --- training and validation ------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -119,7 +120,8 @@ class LitGPT(L.LightningModule):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": o["weight_decay"]},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        fused = self.device.type in ("cpu", "cuda")  # one kernel for all parameters
+        # One kernel for all parameters; not with fp16's GradScaler, which must unscale before clipping.
+        fused = self.device.type in ("cpu", "cuda") and self.trainer.precision != "16-mixed"
         optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=o["betas"], eps=o["eps"], fused=fused)
 
         def factor(step: int) -> float:
@@ -127,6 +129,18 @@ class LitGPT(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip directly: Lightning refuses to clip for fused optimizers, a guard meant for fp16's
+        GradScaler that also blocks bf16 and fp32, where there is nothing to unscale."""
+        if not gradient_clip_val:
+            return
+        if self.trainer.precision == "16-mixed":
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     # --- checkpoint contents ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
