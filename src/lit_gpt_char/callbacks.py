@@ -2,14 +2,80 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from lit_gpt_char.errors import UserError
 from lit_gpt_char.module import LitGPT
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite."""
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> str | None:
+    ckpt = trainer.checkpoint_callback
+    if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath:
+        return f"{ckpt.dirpath}/{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    return None
+
+
+class SaveOnInterrupt(L.Callback):
+    """On Ctrl-C or SIGTERM (pre-emption), save last.ckpt and say how to resume.
+
+    Lightning turns both into exceptions at a step boundary, so the checkpoint is consistent:
+    resuming from it continues exactly where training stopped.
+    """
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        path = last_checkpoint_path(trainer)
+        if path is None:
+            rank_zero_info("Interrupted; no checkpoint directory is configured, so nothing was saved.")
+            return
+        trainer.save_checkpoint(path)
+        what = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
+        rank_zero_info(
+            f"\n{what} at step {trainer.global_step}: saved {path}\n"
+            f"Resume with the same command plus: ckpt_path={path}  (or resume=auto)"
+        )
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stop at the first NaN or infinite training or validation loss, before a checkpoint can store it.
+
+    Lightning runs checkpoint callbacks after all others, so a non-finite val loss stops the
+    run before ModelCheckpoint could take it for a new best or overwrite last.ckpt.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            self._stop(trainer, "training", loss.item())
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("val/loss")
+        if loss is not None and not trainer.sanity_checking and not torch.isfinite(loss).all():
+            self._stop(trainer, "validation", loss.item())
+
+    @staticmethod
+    def _stop(trainer: L.Trainer, what: str, value: float) -> None:
+        last = last_checkpoint_path(trainer)
+        good = f"the last good checkpoint is {last}" if last and Path(last).is_file() else "no checkpoint was saved yet"
+        raise TrainingDiverged(
+            f"{what} loss is {value} at step {trainer.global_step}; {good}. "
+            "Lower optim.lr, raise optim.warmup_steps, or keep trainer.gradient_clip_val set."
+        )
 
 
 class GenerateSamples(L.Callback):
@@ -48,6 +114,8 @@ class GenerateSamples(L.Callback):
         if not trainer.is_global_zero or not isinstance(pl_module, LitGPT) or self.max_new_tokens <= 0:
             return None
         tok, model = pl_module.tokenizer, pl_module.model
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            return None  # diverged weights; StopOnNonFiniteLoss reports it
         prompt = "".join(c for c in self.prompt if c in tok.stoi) or tok.chars[0]
         idx = torch.tensor([tok.encode(prompt)], device=pl_module.device)
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)

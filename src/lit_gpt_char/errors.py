@@ -20,6 +20,13 @@ class UserError(ValueError):
     """Bad input (a path, a value, a file); the message names it and says how to fix it."""
 
 
+def find_user_error(e: BaseException) -> UserError | None:
+    """e itself or the UserError it wraps (hydra.utils.instantiate wraps what a constructor raises)."""
+    while e is not None and not isinstance(e, UserError):
+        e = e.__cause__
+    return e
+
+
 def _in_multirun() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -36,10 +43,11 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            if _in_multirun() or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        except Exception as e:
+            user_error = find_user_error(e)
+            if user_error is None or _in_multirun() or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            print(f"error: {user_error}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapper
