@@ -16,9 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_gpt_char.config import print_config_tree
 from lit_gpt_char.errors import UserError, user_errors
+from lit_gpt_char.job_status import record_status
 
 
 @user_errors
+@record_status  # status.json in the run dir; under -m a failed or diverged job scores +inf
 def train(cfg: DictConfig) -> float | None:
     """Fit a model as `cfg` says; return the best val loss (None if no validation ran)."""
     if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
