@@ -51,6 +51,12 @@ class GenerateSamples(L.Callback):
         self._last_step = trainer.global_step
         if not trainer.is_global_zero or not isinstance(pl_module, LitGPT) or self.max_new_tokens <= 0:
             return None
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None and not torch.isfinite(loss).all():
+            # A diverged model has NaN probabilities, which torch.multinomial refuses: say so instead
+            # of crashing, and let the run end with its non-finite loss (a sweep scores it worst).
+            Console().print(f"[red]no sample at step {trainer.global_step}: the training loss is {float(loss)}[/]")
+            return None
         tok, model = pl_module.tokenizer, pl_module.model
         prompt = "".join(c for c in self.prompt if c in tok.stoi) or tok.chars[0]
         idx = torch.tensor([tok.encode(prompt)], device=pl_module.device)
