@@ -8,12 +8,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from lit_gpt_char import plots
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.module import LitGPT
 
@@ -133,3 +134,35 @@ class GenerateSamples(L.Callback):
                 md = "\n".join("    " + line for line in text.split("\n"))
                 logger.experiment.add_text("samples", md, global_step=trainer.global_step)
         return text
+
+
+class PlotCurves(L.Callback):
+    """At the end of fit, draw the run's loss curves into `out_dir` (see lit_gpt_char.plots).
+
+    They are drawn from the TensorBoard event files, not from values kept in memory, so they are
+    the same plots `python -m lit_gpt_char.plot RUN_DIR` redraws later. A run that crashes or
+    diverges is drawn too: its curves show how it got there.
+    """
+
+    def __init__(self, out_dir: str, smoothing: float = plots.SMOOTHING):
+        self.out_dir, self.smoothing = Path(out_dir), smoothing
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.draw(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        try:
+            self.draw(trainer)
+        except Exception as e:  # never hide the exception that ended the run
+            rank_zero_warn(f"PlotCurves: could not draw the plots of the failed run: {e}")
+
+    @rank_zero_only
+    def draw(self, trainer: L.Trainer) -> list[Path]:
+        if trainer.fast_dev_run:
+            return []  # no loggers, nothing to draw
+        tb = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if tb is None:
+            rank_zero_warn("PlotCurves draws from TensorBoard events: add logger=tensorboard (or many) to get plots")
+            return []
+        tb.experiment.flush()
+        return plots.draw_run(plots.read_scalars(tb.log_dir), self.out_dir, self.smoothing)

@@ -2,7 +2,7 @@
 
 Bugs still raise normally. Entry points wrap their work in `user_errors`, which prints
 ``error: <message>`` to stderr and exits with status 2. Inside a Hydra multirun the error
-is re-raised instead, so the sweep records the job as failed and goes on.
+is re-raised instead, so `job_status.record_status` marks the job failed and the sweep goes on.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lit_gpt_char.checkpoint import safe_load
 from lit_gpt_char.config import print_config_tree
 from lit_gpt_char.errors import UserError, user_errors
+from lit_gpt_char.job_status import record_status
 from lit_gpt_char.tokenizer import CharTokenizer
 
 
@@ -76,6 +77,7 @@ def check_same_vocabulary(ckpt: dict, vocab: list[str], path: str) -> None:
 
 
 @user_errors
+@record_status  # status.json in the run dir; under -m a failed or diverged job scores +inf
 def train(cfg: DictConfig) -> float | None:
     """Fit a model as `cfg` says; return the best val loss (None if no validation ran)."""
     L.seed_everything(cfg.seed, workers=True)

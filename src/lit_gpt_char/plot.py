@@ -1,0 +1,50 @@
+"""Redraw a run's loss plots: `python -m lit_gpt_char.plot RUN_DIR`.
+
+Reads RUN_DIR/tensorboard and writes RUN_DIR/plots/{train_loss,val_loss,train_step_loss}.png,
+for a finished run, one that crashed, or one still running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lit_gpt_char import plots
+from lit_gpt_char.errors import UserError, user_errors
+
+
+@user_errors
+def plot(run_dir: Path, out_dir: Path | None = None, smoothing: float = plots.SMOOTHING) -> list[Path]:
+    """Draw what the run's events allow; a run without val points yet gets no val_loss.png."""
+    tb_dir = run_dir / "tensorboard"
+    if not tb_dir.is_dir():
+        raise UserError(
+            f"{tb_dir} does not exist: pass a run directory (outputs/train/runs/<time> or a sweep job "
+            "outputs/train/multirun/<time>/<n>) of a run trained with the TensorBoard logger"
+        )
+    if not 0 <= smoothing < 1:
+        raise UserError(f"--smoothing must be in [0, 1), got {smoothing}")
+    scalars = plots.read_scalars(tb_dir)
+    if not scalars.get(plots.TRAIN):
+        raise UserError(f"no {plots.TRAIN} points in {tb_dir} yet: the run has not logged a training step")
+    written = plots.draw_run(scalars, out_dir or run_dir / "plots", smoothing)
+    if not scalars.get(plots.VAL):
+        print(f"note: no {plots.VAL} points in {tb_dir} yet (no validation has run): val_loss.png not drawn",
+              file=sys.stderr)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m lit_gpt_char.plot", description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", type=Path, help="a run directory (it holds tensorboard/)")
+    p.add_argument("--out", type=Path, default=None, help="where to write the PNGs (default RUN_DIR/plots)")
+    p.add_argument("--smoothing", type=float, default=plots.SMOOTHING,
+                   help="EMA weight of the smoothed lines, in [0, 1) (default %(default)s)")
+    args = p.parse_args(argv)
+    for path in plot(args.run_dir, args.out, args.smoothing):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""What each job of a sweep did, read back from its directory alone.
+
+A job directory (``<sweep dir>/<n>/``) holds ``.hydra/overrides.yaml`` (what the job changed),
+``tensorboard/`` (its curves, written as it trains), ``checkpoints/`` and ``status.json``
+(see job_status). Everything here tolerates a job that is still running or has failed, and
+nothing imports lightning; torch only when a checkpoint is opened.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lit_gpt_char.job_status import read_status
+from lit_gpt_char.plots import TRAIN, VAL, Series, read_scalars
+
+
+@dataclass
+class JobSummary:
+    name: str                       # the job's directory name: its number in the sweep
+    path: Path
+    overrides: dict[str, str]       # key -> value as given on the command line / by the sweeper
+    status: str                     # completed | failed | diverged | running | died | interrupted | unknown
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    steps: int | None = None        # optimizer steps logged so far
+    wall_time_s: float | None = None
+    params: int | None = None
+    error: str | None = None
+    val: Series = field(default_factory=lambda: Series([], [], []))
+
+
+def find_jobs(sweep_dir: Path) -> list[Path]:
+    """The job directories of a sweep, in job order; a single run directory is its own one job."""
+    if (sweep_dir / ".hydra").is_dir():
+        return [sweep_dir]
+    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").is_file()]
+    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def read_overrides(job_dir: Path) -> dict[str, str]:
+    try:
+        items = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")) or []
+    except Exception:  # missing, half written or not YAML: show the job without its overrides
+        return {}
+    out = {}
+    for item in items:
+        key, _, value = str(item).partition("=")
+        out[key] = value
+    return out
+
+
+def count_params(job_dir: Path) -> int | None:
+    """The model's parameter count, from a checkpoint's model_config (None if no checkpoint yet)."""
+    ckpts = sorted((job_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.name != "last.ckpt")
+    if not ckpts:
+        return None
+    import torch
+
+    from lit_gpt_char.model import GPT, GPTConfig
+
+    for path in ckpts:
+        try:  # mmap: the weights are not read; a checkpoint being written may fail to open
+            ckpt = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+        except Exception:
+            continue
+        if "model_config" in ckpt:
+            with torch.device("meta"):  # shapes only, no memory, no init cost
+                return GPT(GPTConfig(**ckpt["model_config"])).num_params()
+        state = ckpt.get("state_dict", {})
+        unique = {(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)): t.numel() for t in state.values()}
+        return sum(unique.values()) or None  # tied weights counted once
+    return None
+
+
+def summarize_job(job_dir: Path) -> JobSummary:
+    info = read_status(job_dir) or {}
+    tb = job_dir / "tensorboard"
+    scalars = read_scalars(tb) if tb.is_dir() else {}
+    job = JobSummary(job_dir.name, job_dir, read_overrides(job_dir), info.get("status", "unknown"),
+                     error=info.get("error"))
+    if VAL in scalars:
+        job.val = scalars[VAL]
+        best = job.val.best()
+        if best is not None:
+            job.best_step, job.best_val_loss = best
+    if job.best_val_loss is None and isinstance(info.get("best_val_loss"), (int, float)):
+        job.best_val_loss = info["best_val_loss"]
+    if scalars.get(TRAIN) and scalars[TRAIN].steps:
+        job.steps = scalars[TRAIN].steps[-1] + 1
+    job.wall_time_s = _wall_time(info, scalars)
+    job.params = count_params(job_dir)
+    return job
+
+
+def _wall_time(info: dict, scalars: dict[str, Series]) -> float | None:
+    """From the job's start to its end (or to now, or its last event if it died)."""
+    last_event = max((s.wall_times[-1] for s in scalars.values() if s.wall_times), default=None)
+    started = info.get("started")
+    if started is not None:
+        end = info.get("ended") or (time.time() if info.get("status") == "running" else last_event)
+        return end - started if end is not None else None
+    first_event = min((s.wall_times[0] for s in scalars.values() if s.wall_times), default=None)
+    return last_event - first_event if first_event is not None and last_event is not None else None
+
+
+def differing_keys(jobs: Sequence[JobSummary]) -> list[str]:
+    """Override keys whose value is not the same in every job, in first-seen order."""
+    keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
+    return [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+
+
+def sort_key(job: JobSummary) -> tuple:
+    """Best val loss first; jobs without a finite one last, in job order."""
+    v = job.best_val_loss
+    finite = v is not None and math.isfinite(v)
+    return (not finite, v if finite else 0.0, int(job.name) if job.name.isdigit() else math.inf, job.name)
+
+
+def summarize_sweep(sweep_dir: Path) -> list[JobSummary]:
+    return sorted((summarize_job(p) for p in find_jobs(sweep_dir)), key=sort_key)

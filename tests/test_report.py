@@ -1,0 +1,50 @@
+"""The sweep report on a sweep still running, with a failed job and a job that has just started."""
+
+import csv
+import os
+import socket
+
+from rich.console import Console
+
+from lit_gpt_char import report
+from lit_gpt_char.job_status import write_status
+from test_plots import fake_run
+
+
+def fake_job(sweep, name, overrides, status=None, **events):
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if events:
+        fake_run(job, **events)
+    if status:
+        write_status(job, status, started=0.0, ended=None if status == "running" else 90.0, pid=os.getpid(),
+                     host=socket.gethostname(), error="RuntimeError: boom" if status == "failed" else None)
+    return job
+
+
+def test_report_on_a_running_sweep_with_a_failed_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, "0", ["optim.lr=1e-3", "trainer.max_steps=50"], "completed", n_steps=50, val_every=10)
+    fake_job(sweep, "1", ["optim.lr=3e-3", "trainer.max_steps=50"], "running", n_steps=12, val_every=10)
+    fake_job(sweep, "2", ["optim.lr=1e-2", "trainer.max_steps=50"], "failed")
+    fake_job(sweep, "10", ["optim.lr=3e-2", "trainer.max_steps=50"])  # launched, nothing written yet
+    (sweep / "multirun.yaml").write_text("{}\n")  # not a job
+
+    console = Console(record=True, width=200)
+    jobs = report.report(sweep, console)
+    text = console.export_text()
+
+    assert [j.name for j in jobs] == ["0", "1", "2", "10"]  # finite best val loss first, then job order
+    assert [j.status for j in jobs] == ["completed", "running", "failed", "unknown"]
+    assert jobs[0].steps == 50 and jobs[0].best_step == 49 and jobs[0].wall_time_s == 90.0
+    assert jobs[1].steps == 12 and jobs[1].best_step == 9
+    assert "optim.lr" in text and "trainer.max_steps" not in text
+    assert "job 2 failed: RuntimeError: boom" in text
+
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [
+        ("0", "1e-3", "completed"), ("1", "3e-3", "running"), ("2", "1e-2", "failed"), ("10", "3e-2", "unknown")]
+    assert rows[2]["best_val_loss"] == "" and rows[2]["error"] == "RuntimeError: boom"
+    assert (sweep / "val_loss_all.png").stat().st_size > 10_000
