@@ -15,12 +15,8 @@ from rich.panel import Panel
 from rich.text import Text
 
 from lit_gpt_char import plots
-from lit_gpt_char.errors import UserError
+from lit_gpt_char.errors import TrainingDiverged
 from lit_gpt_char.module import LitGPT
-
-
-class TrainingDiverged(UserError):
-    """The training loss became NaN or infinite."""
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> str | None:

@@ -20,6 +20,10 @@ class UserError(ValueError):
     """Bad input (a path, a value, a file); the message names it and says how to fix it."""
 
 
+class TrainingDiverged(UserError):
+    """The training or validation loss became NaN or infinite."""
+
+
 def find_user_error(e: BaseException) -> UserError | None:
     """e itself or the UserError it wraps (hydra.utils.instantiate wraps what a constructor raises)."""
     while e is not None and not isinstance(e, UserError):

@@ -26,6 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from lit_gpt_char.errors import TrainingDiverged, find_user_error
+
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
@@ -103,7 +105,8 @@ def record_status(fn: Callable[[DictConfig], float | None]) -> Callable[[DictCon
         try:
             value = fn(cfg)
         except Exception as e:
-            mark(FAILED, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+            status = DIVERGED if isinstance(find_user_error(e), TrainingDiverged) else FAILED
+            mark(status, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
             if not multirun:
                 raise
             log.exception("Job in %s failed; scoring it %s so the sweep goes on", run_dir, WORST)

@@ -54,6 +54,7 @@ class LitGPT(L.LightningModule):
         n_embd: int = 384,
         dropout: float = 0.2,
         bias: bool = False,
+        attn_dropout: float | None = None,
         compile: bool = False,
         optim: dict[str, Any] | None = None,
     ):
@@ -65,7 +66,7 @@ class LitGPT(L.LightningModule):
         self.optim["betas"] = tuple(self.optim["betas"])
         self.save_hyperparameters()
         self.tokenizer = CharTokenizer(vocab)
-        self.model = GPT(GPTConfig(len(vocab), block_size, n_layer, n_head, n_embd, dropout, bias))
+        self.model = GPT(GPTConfig(len(vocab), block_size, n_layer, n_head, n_embd, dropout, bias, attn_dropout))
         # The compiled wrapper shares the model's parameters but is kept out of the module tree,
         # so state dicts never carry torch.compile's `_orig_mod.` prefix.
         self.__dict__["_compiled"] = torch.compile(self.model) if compile else None
