@@ -120,3 +120,15 @@ def test_checkpoint_has_no_compile_prefix_and_loads_weights_only(trained_run):
     assert loaded.source.name.startswith("best-")
     assert not any("_orig_mod" in k for k in loaded.state_dict)
     assert set(loaded.state_dict) == set(GPT(loaded.config).state_dict())
+
+
+def test_int8_weights_stay_close_to_float32(trained_run):
+    fp32 = load_generator(trained_run, device="cpu", precision="32")
+    int8 = load_generator(trained_run, device="cpu", precision="int8")
+    assert int8.num_params == fp32.num_params
+    idx = torch.tensor([fp32.tokenizer.encode("the king speaks in the hall.")])
+    with torch.no_grad():
+        a = fp32.model(idx)[0].float().log_softmax(-1)
+        b = int8.model(idx)[0].float().log_softmax(-1)
+    assert (a.exp() - b.exp()).abs().max() < 0.05  # probabilities barely move
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9

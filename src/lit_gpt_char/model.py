@@ -138,7 +138,10 @@ class CausalSelfAttention(nn.Module):
             if t > 1 and cache.pos != 0:
                 raise ValueError("a multi-token chunk must start at position 0 of the cache")
             k, v = cache.update(layer, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+            if t == 1:  # one query: three small ops cost less than SDPA's dispatch
+                y = ((q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))).softmax(dim=-1) @ v
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         y = y.transpose(1, 2).reshape(b, t, c)
         return self.resid_drop(self.proj(y))
 
@@ -215,8 +218,7 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {start + t} positions is longer than block_size {self.config.block_size}"
             )
-        pos = torch.arange(start, start + t, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        x = self.drop(self.wte(idx) + self.wpe.weight[start : start + t])
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         logits = self.lm_head(self.ln_f(x))
@@ -227,7 +229,7 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate_stream(
         self,
         idx: torch.Tensor,

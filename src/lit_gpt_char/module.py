@@ -122,7 +122,8 @@ class LitGPT(L.LightningModule):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         # One kernel for all parameters; not with fp16's GradScaler, which must unscale before clipping.
-        fused = self.device.type in ("cpu", "cuda") and self.trainer.precision != "16-mixed"
+        precision = self._trainer.precision if self._trainer is not None else "32-true"  # also usable without a Trainer
+        fused = self.device.type in ("cpu", "cuda") and precision != "16-mixed"
         optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=o["betas"], eps=o["eps"], fused=fused)
 
         def factor(step: int) -> float:

@@ -48,7 +48,7 @@ def sample(cfg: DictConfig) -> list[str]:
     prompt_ids = gen.encode_prompt(prompt, cfg.on_unknown)
     prompt = gen.tokenizer.decode(prompt_ids)
     log(f"model: {gen.num_params / 1e6:.2f}M parameters, block size {gen.model.config.block_size}, "
-        f"vocabulary {gen.tokenizer.vocab_size}, on {gen.device} ({str(gen.dtype).removeprefix('torch.')})")
+        f"vocabulary {gen.tokenizer.vocab_size}, on {gen.device} ({gen.precision})")
     stream = sys.stdout.isatty() if cfg.stream is None else cfg.stream
     samples, first_char_at, n_chars, gen_time = [], None, 0, 0.0
     for i in range(cfg.num_samples):

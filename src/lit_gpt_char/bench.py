@@ -1,0 +1,212 @@
+"""Benchmark training or sampling: `python -m lit_gpt_char.bench [mode=sample] [overrides]`.
+
+Train mode times optimizer steps of the real LightningModule + data module (warm-up steps
+excluded), the same model and batches in a plain PyTorch loop (Lightning's overhead), and,
+with baseline=PATH, ../shared/bench/baseline.py on the same model in this session. MFU is
+model FLOPs/s over the peak matmul rate this command measures on this device in the same
+dtype. The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from rich.console import Console
+from rich.table import Table
+
+from lit_gpt_char.errors import UserError, user_errors
+from lit_gpt_char.generate import load_generator
+from lit_gpt_char.model import GPT, GPTConfig
+from lit_gpt_char.tokenizer import CharTokenizer
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """The best FLOP/s of a large square matmul here, in dtype: the denominator of MFU."""
+    n = 4096 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        sync(device)
+        best = min(best, (time.perf_counter() - t0) / 3)
+    return 2 * n**3 / best
+
+
+def autocast_dtype(precision: str) -> torch.dtype:
+    return {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision), torch.float32)
+
+
+class StepTimer(L.Callback):
+    """Wall time between consecutive optimizer steps, data loading included."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.times, self._last = warmup, [], None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        sync(pl_module.device)
+        now = time.perf_counter()
+        if self._last is not None and trainer.global_step > self.warmup:
+            self.times.append(now - self._last)
+        self._last = now
+
+
+def time_plain_loop(module, batches, device: torch.device, precision: str, clip: float | None, steps: int, warmup: int) -> float:
+    """Seconds per step of the same model and optimizer in a hand-written loop."""
+    model = module.model.to(device).train()
+    opt_cfg = module.configure_optimizers()
+    opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+    dtype = autocast_dtype(precision)
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    it = iter(batches)
+    times, last = [], None
+    for i in range(warmup + steps):
+        x, y = (t.to(device, non_blocking=True) for t in next(it))
+        with ctx:
+            _, loss = module(x, y)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        sync(device)
+        now = time.perf_counter()
+        if last is not None and i >= warmup:
+            times.append(now - last)
+        last = now
+    return sorted(times)[len(times) // 2]
+
+
+def run_baseline(path: str, args: list[str]) -> dict:
+    """Run the reference script (never concurrently with our timing) and parse its JSON line."""
+    if not Path(path).is_file():
+        raise UserError(f"baseline={path} does not exist: pass the path of shared/bench/baseline.py")
+    r = subprocess.run([sys.executable, path, *args], capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise UserError(f"the baseline failed ({path} {' '.join(args)}):\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def bench_train(cfg: DictConfig) -> dict:
+    datamodule = hydra.utils.instantiate(cfg.data, tokenizer_path=None)
+    module = hydra.utils.instantiate(cfg.model, vocab=datamodule.tokenizer.chars,
+                                     optim=OmegaConf.to_container(cfg.optim, resolve=True), _convert_="all")
+    timer = StepTimer(cfg.warmup_steps)
+    with open_dict(cfg):
+        cfg.trainer.max_steps = cfg.warmup_steps + cfg.steps + 1
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[timer], logger=False)
+    trainer.fit(module, datamodule=datamodule)
+    device = module.device
+    step_s = sorted(timer.times)[len(timer.times) // 2]
+    tokens = cfg.data.batch_size * cfg.model.block_size * trainer.world_size
+    dtype = autocast_dtype(trainer.precision)
+    peak = peak_matmul_flops(device, dtype)
+    flops = module.model.flops_per_token(cfg.model.block_size) * tokens / step_s
+    out = {
+        "mode": "train", "tokens_per_s": tokens / step_s, "ms_per_step": 1000 * step_s,
+        "params": module.model.num_params(), "precision": str(trainer.precision), "compile": bool(cfg.model.compile),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "mfu": flops / peak, "peak_matmul_tflops": peak / 1e12,
+    }
+    if cfg.plain_loop:
+        plain_s = time_plain_loop(module, datamodule.train_dataloader(), device, trainer.precision,
+                                  cfg.trainer.gradient_clip_val, cfg.steps, cfg.warmup_steps)
+        out["plain_loop_ms_per_step"] = 1000 * plain_s
+        out["lightning_overhead"] = step_s / plain_s - 1
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if cfg.baseline:
+        m = cfg.model
+        base = run_baseline(cfg.baseline, [
+            "train", "--n-layer", str(m.n_layer), "--n-head", str(m.n_head), "--n-embd", str(m.n_embd),
+            "--block-size", str(m.block_size), "--batch-size", str(cfg.data.batch_size), "--dropout", str(m.dropout),
+            "--vocab", str(datamodule.tokenizer.vocab_size), "--steps", str(cfg.steps)])
+        out["baseline_tokens_per_s"] = base["tokens_per_s"]
+        out["speedup_vs_baseline"] = out["tokens_per_s"] / base["tokens_per_s"]
+    return out
+
+
+def bench_sample(cfg: DictConfig) -> dict:
+    """Generation speed of a model of cfg.model's size (random weights: speed does not depend on them)."""
+    m = cfg.model
+    tok = CharTokenizer([chr(i) for i in range(32, 97)])  # 65 characters, like Tiny Shakespeare
+    torch.manual_seed(cfg.seed)
+    model = GPT(GPTConfig(tok.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout, m.bias))
+    out_dir = Path(tempfile.mkdtemp(prefix="bench-sample-"))
+    torch.save(model.state_dict(), out_dir / "model.pt")
+    tok.save(out_dir / "tokenizer.json")
+    (out_dir / "config.json").write_text(json.dumps(model.config.to_dict()))
+    gen = load_generator(out_dir, device="auto", precision=cfg.sample_precision, compile=cfg.model.compile)
+    for _ in gen.stream("A", 5, seed=0):  # warm-up (and compilation, if any)
+        pass
+    sync(gen.device)
+    t0 = time.perf_counter()
+    n = sum(1 for _ in gen.stream("A", cfg.new_tokens, temperature=1.0, seed=0))
+    sync(gen.device)
+    dt = time.perf_counter() - t0
+    out = {"mode": "sample", "tokens_per_s": n / dt, "ms_per_token": 1000 * dt / n, "new_tokens": n,
+           "params": gen.num_params, "precision": gen.precision,
+           "compile": bool(cfg.model.compile), "device": str(gen.device),
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if cfg.first_char:
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "lit_gpt_char.sample", f"ckpt={out_dir}", "max_new_tokens=1",
+                            f"precision={cfg.sample_precision}", "prompt=A"], capture_output=True, text=True, timeout=300)
+        found = re.search(r"first character ([\d.]+)s", r.stderr)
+        out["first_char_s"] = float(found.group(1)) if found else None
+        out["process_wall_s"] = time.perf_counter() - t0
+    if cfg.baseline:
+        base = run_baseline(cfg.baseline, ["sample", "--n-layer", str(m.n_layer), "--n-head", str(m.n_head),
+                                           "--n-embd", str(m.n_embd), "--block-size", str(m.block_size),
+                                           "--new-tokens", str(cfg.new_tokens)])
+        out["baseline_tokens_per_s"] = base["tokens_per_s"]
+        out["speedup_vs_baseline"] = out["tokens_per_s"] / base["tokens_per_s"]
+    return out
+
+
+def show(result: dict) -> None:
+    table = Table(title=f"lit-gpt-char bench ({result['mode']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        table.add_row(k, f"{v:,.4g}" if isinstance(v, float) else str(v))
+    Console(stderr=True).print(table)
+
+
+@user_errors
+def bench(cfg: DictConfig) -> dict:
+    if cfg.mode not in ("train", "sample"):
+        raise UserError(f"mode={cfg.mode} must be train or sample")
+    L.seed_everything(cfg.seed, verbose=False)
+    result = bench_train(cfg) if cfg.mode == "train" else bench_sample(cfg)
+    show(result)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lit_gpt_char.conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    bench(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""The benchmark runs and prints valid JSON (its numbers are measured elsewhere, not asserted)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+BASELINE = REPO.parent / "shared" / "bench" / "baseline.py"
+SMALL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "data.batch_size=4"]
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_bench_train_json(corpus):
+    extra = [f"baseline={BASELINE}"] if BASELINE.is_file() else []
+    r = run_cli("bench", *SMALL, f"data.path={corpus}", "steps=4", "warmup_steps=1", *extra)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = last_json(r.stdout)
+    for key in ("tokens_per_s", "ms_per_step", "params", "precision", "compile", "device", "peak_rss_mb", "mfu",
+                "plain_loop_ms_per_step", "lightning_overhead"):
+        assert key in out, key
+    assert out["tokens_per_s"] > 0 and 0 < out["mfu"] < 1
+    if extra:
+        assert out["speedup_vs_baseline"] > 0
+
+
+def test_bench_sample_json():
+    r = run_cli("bench", "mode=sample", *SMALL, "new_tokens=50", "sample_precision=int8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = last_json(r.stdout)
+    assert out["mode"] == "sample" and out["new_tokens"] == 50 and out["tokens_per_s"] > 0
+    assert out["first_char_s"] is not None and "int8" in out["precision"]
