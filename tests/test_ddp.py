@@ -184,3 +184,12 @@ def test_multirun_with_ddp_spawn(tmp_path, corpus):
         # The best score stays in the worker under ddp_spawn; it is read back from the best checkpoint.
         (best,) = (sweep / job / "checkpoints").glob("best-*.ckpt")
         assert status["best_val_loss"] == pytest.approx(float(re.search(r"val(\d+\.\d+)", best.name).group(1)), abs=1e-4)
+
+
+def test_slurm_launcher_asks_for_one_task_per_gpu_on_every_node():
+    from test_sweeps import _compose
+
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = _compose(["launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert (launcher["nodes"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (2, 4, 4)
