@@ -2,7 +2,8 @@
 
 Bugs still raise normally. Entry points wrap their work in `user_errors`, which prints
 ``error: <message>`` to stderr and exits with status 2. Inside a Hydra multirun the error
-is re-raised instead, so `job_status.record_status` marks the job failed and the sweep goes on.
+is re-raised instead, so `job_status.record_status` marks the job failed and the sweep goes on;
+a `LaunchError` ends even a multirun.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ T = TypeVar("T")
 
 class UserError(ValueError):
     """Bad input (a path, a value, a file); the message names it and says how to fix it."""
+
+
+class LaunchError(UserError):
+    """The run was launched in a way that cannot work (e.g. a multirun with plain DDP). Every job of
+    a sweep would hit it, so it ends a multirun at once instead of failing job after job."""
 
 
 class TrainingDiverged(UserError):
@@ -49,7 +55,8 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except Exception as e:
             user_error = find_user_error(e)
-            if user_error is None or _in_multirun() or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            sweep_goes_on = _in_multirun() and not isinstance(user_error, LaunchError)
+            if user_error is None or sweep_goes_on or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {user_error}", file=sys.stderr, flush=True)
             sys.exit(2)

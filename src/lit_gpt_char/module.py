@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.model import GPT, GPTConfig
 from lit_gpt_char.tokenizer import CharTokenizer
+
+# The val loss is summed over ranks by hand (per character, see on_validation_epoch_end), so
+# Lightning's advice to log it with sync_dist=True under DDP does not apply.
+warnings.filterwarnings("ignore", message=r".*self\.log\('val/(loss|bpc)', \.\.\., sync_dist=True\)")
+
+FSDP_PREFIX = "_fsdp_wrapped_module."  # what FSDP puts into the names of the modules it wraps
 
 DEFAULT_OPTIM: dict[str, Any] = {
     "lr": 1e-3,
@@ -67,6 +75,7 @@ class LitGPT(L.LightningModule):
         self.save_hyperparameters()
         self.tokenizer = CharTokenizer(vocab)
         self.model = GPT(GPTConfig(len(vocab), block_size, n_layer, n_head, n_embd, dropout, bias, attn_dropout))
+        self._matrices = {n for n, p in self.model.named_parameters() if p.dim() >= 2}
         # The compiled wrapper shares the model's parameters but is kept out of the module tree,
         # so state dicts never carry torch.compile's `_orig_mod.` prefix.
         self.__dict__["_compiled"] = torch.compile(self.model) if compile else None
@@ -116,10 +125,12 @@ class LitGPT(L.LightningModule):
     # --- optimizer and schedule -----------------------------------------------------------------
     def configure_optimizers(self) -> dict:
         o = self.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        # Decay the matrices, not biases and norms. Chosen by name, as shapes were before wrapping:
+        # under trainer=fsdp the parameters are flat 1-D shards by now.
+        named = [(n.replace(FSDP_PREFIX, ""), p) for n, p in self.model.named_parameters() if p.requires_grad]
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": o["weight_decay"]},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for n, p in named if n in self._matrices], "weight_decay": o["weight_decay"]},
+            {"params": [p for n, p in named if n not in self._matrices], "weight_decay": 0.0},
         ]
         # One kernel for all parameters; not with fp16's GradScaler, which must unscale before clipping.
         precision = self._trainer.precision if self._trainer is not None else "32-true"  # also usable without a Trainer
@@ -141,6 +152,8 @@ class LitGPT(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
         elif gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+        elif isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)  # the norm over all shards, not this rank's
         else:
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 

@@ -7,6 +7,7 @@ run keeps writing into the directory of the run it continues.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -20,9 +21,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_gpt_char.checkpoint import safe_load
 from lit_gpt_char.config import print_config_tree
+from lit_gpt_char.distributed import best_model_score, check_launch, effective_batch
 from lit_gpt_char.errors import UserError, user_errors
 from lit_gpt_char.job_status import record_status
 from lit_gpt_char.tokenizer import CharTokenizer
+
+log = logging.getLogger(__name__)
 
 
 def find_resume_checkpoint(log_dir: str | Path, task_name: str, experiment: str | None) -> Path:
@@ -103,6 +107,8 @@ def train(cfg: DictConfig) -> float | None:
             tb = resume is not None and c._target_.endswith("TensorBoardLogger")
             loggers.append(hydra.utils.instantiate(c, **({"purge_step": resume["global_step"]} if tb else {})))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.is_global_zero:
+        log.info(effective_batch(trainer, cfg.data.batch_size, cfg.model.block_size))
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
@@ -110,9 +116,7 @@ def train(cfg: DictConfig) -> float | None:
         sys.exit(143)  # SaveOnInterrupt saved last.ckpt and said how to resume
 
     ckpt = trainer.checkpoint_callback
-    best = ckpt.best_model_score if ckpt is not None else None
-    if best is None and "val/loss" in trainer.callback_metrics:
-        best = trainer.callback_metrics["val/loss"]
+    best = best_model_score(trainer)
     if trainer.is_global_zero:
         print(f"Run directory:   {cfg.paths.output_dir}")
         if ckpt is not None and ckpt.best_model_path:
@@ -123,6 +127,7 @@ def train(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="pkg://lit_gpt_char.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    user_errors(check_launch)(cfg)  # before any job starts: a sweep that cannot work stops at once
     return train(cfg)
 
 
