@@ -17,7 +17,7 @@ def cfg_for(tmp_path):
 
 @pytest.fixture(params=[False, True], ids=["single run", "multirun"])
 def multirun(request, monkeypatch) -> bool:
-    monkeypatch.setattr(job_status, "_in_multirun", lambda: request.param)
+    monkeypatch.setattr(job_status, "in_multirun", lambda: request.param)
     return request.param
 
 

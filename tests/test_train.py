@@ -82,3 +82,16 @@ def test_configs_found_from_an_installed_wheel(tmp_path):
                        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "n_layer: 6" in r.stdout and "_target_: lit_gpt_char.module.LitGPT" in r.stdout
+
+
+def test_compiled_run_checkpoint_samples_uncompiled(tmp_path, corpus):
+    """model.compile=true trains, and its checkpoint has no `_orig_mod.` and samples without compiling."""
+    run_dir = tmp_path / "run"
+    r = run_cli("train", *TINY, f"data.path={corpus}", "model.compile=true", "trainer.precision=bf16-mixed",
+                "trainer.max_steps=6", "trainer.val_check_interval=3", "data.val_max_batches=2",
+                f"hydra.run.dir={run_dir}", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sd = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert sd and not any("_orig_mod" in k for k in sd)
+    s = run_cli("sample", f"ckpt={run_dir}", "max_new_tokens=20", "compile=false")
+    assert s.returncode == 0, s.stderr[-2000:]

@@ -37,7 +37,8 @@ def find_user_error(e: BaseException) -> UserError | None:
     return e
 
 
-def _in_multirun() -> bool:
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (-m)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -55,7 +56,7 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except Exception as e:
             user_error = find_user_error(e)
-            sweep_goes_on = _in_multirun() and not isinstance(user_error, LaunchError)
+            sweep_goes_on = in_multirun() and not isinstance(user_error, LaunchError)
             if user_error is None or sweep_goes_on or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {user_error}", file=sys.stderr, flush=True)

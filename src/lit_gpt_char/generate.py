@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lit_gpt_char.checkpoint import Loaded, load_any
 from lit_gpt_char.errors import UserError
@@ -43,7 +44,10 @@ class Int8Linear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight, self.scales)
+        rows = x.numel() // x.shape[-1]
+        if rows > 8:  # a prefill: the int8 kernel is made for a few rows; dequantize once instead
+            return F.linear(x, self.weight.to(x.dtype) * self.scales[:, None], self.bias)
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, x.shape[-1]), self.weight, self.scales)
         y = y.view(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
 

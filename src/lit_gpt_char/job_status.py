@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from lit_gpt_char.errors import TrainingDiverged, find_user_error
+from lit_gpt_char.errors import TrainingDiverged, find_user_error, in_multirun
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,6 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def _is_rank_zero() -> bool:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -91,7 +84,7 @@ def record_status(fn: Callable[[DictConfig], float | None]) -> Callable[[DictCon
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig) -> float | None:
         run_dir = Path(cfg.paths.output_dir)
-        multirun = _in_multirun()
+        multirun = in_multirun()
         rank_zero = _is_rank_zero()
         started = time.time()
         where = {"started": started, "pid": os.getpid(), "host": socket.gethostname()}

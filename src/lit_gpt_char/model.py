@@ -138,10 +138,7 @@ class CausalSelfAttention(nn.Module):
             if t > 1 and cache.pos != 0:
                 raise ValueError("a multi-token chunk must start at position 0 of the cache")
             k, v = cache.update(layer, k, v)
-            if t == 1:  # one query: three small ops cost less than SDPA's dispatch
-                y = ((q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))).softmax(dim=-1) @ v
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
         y = y.transpose(1, 2).reshape(b, t, c)
         return self.resid_drop(self.proj(y))
 
