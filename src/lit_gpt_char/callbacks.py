@@ -29,8 +29,8 @@ def last_checkpoint_path(trainer: L.Trainer) -> str | None:
 class SaveOnInterrupt(L.Callback):
     """On Ctrl-C or SIGTERM (pre-emption), save last.ckpt and say how to resume.
 
-    Lightning turns both into exceptions at a step boundary, so the checkpoint is consistent:
-    resuming from it continues exactly where training stopped.
+    Lightning turns SIGTERM into an exception at the next step boundary, so that checkpoint
+    resumes exactly; Ctrl-C stops wherever Python is, at worst inside the step it saves.
     """
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
