@@ -80,7 +80,7 @@ def test_interrupt_saves_last_checkpoint(tmp_path, corpus, sig, code):
     assert proc.returncode == code, out[-2000:]
     assert "Resume with the same command plus: ckpt_path=" in out
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] > 20
+    assert ckpt["global_step"] >= 20  # the interrupt may land while step 20 is still being saved
 
 
 def test_checkpoint_write_killed_midway_leaves_previous_intact(tmp_path):

@@ -151,7 +151,8 @@ def bench_sample(cfg: DictConfig) -> dict:
     tok = CharTokenizer([chr(i) for i in range(32, 97)])  # 65 characters, like Tiny Shakespeare
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(tok.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout, m.bias))
-    out_dir = Path(tempfile.mkdtemp(prefix="bench-sample-"))
+    tmp = tempfile.TemporaryDirectory(prefix="bench-sample-")
+    out_dir = Path(tmp.name)
     torch.save(model.state_dict(), out_dir / "model.pt")
     tok.save(out_dir / "tokenizer.json")
     (out_dir / "config.json").write_text(json.dumps(model.config.to_dict()))
@@ -174,6 +175,7 @@ def bench_sample(cfg: DictConfig) -> dict:
         found = re.search(r"first character ([\d.]+)s", r.stderr)
         out["first_char_s"] = float(found.group(1)) if found else None
         out["process_wall_s"] = time.perf_counter() - t0
+    tmp.cleanup()
     if cfg.baseline:
         base = run_baseline(cfg.baseline, ["sample", "--n-layer", str(m.n_layer), "--n-head", str(m.n_head),
                                            "--n-embd", str(m.n_embd), "--block-size", str(m.block_size),

@@ -51,7 +51,9 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> obj
     if not path.is_file():
         raise UserError(f"checkpoint {path} is not a file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: tensors are read when used, so checking a checkpoint before training resumes
+        # from it (which loads it again) costs next to nothing.
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         # weights_only refuses any pickle that would import and call something: say which.
         found = re.search(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)", str(e))
