@@ -159,11 +159,14 @@ def bench_sample(cfg: DictConfig) -> dict:
     gen = load_generator(out_dir, device="auto", precision=cfg.sample_precision, compile=cfg.model.compile)
     for _ in gen.stream("A", 5, seed=0):  # warm-up (and compilation, if any)
         pass
-    sync(gen.device)
-    t0 = time.perf_counter()
-    n = sum(1 for _ in gen.stream("A", cfg.new_tokens, temperature=1.0, seed=0))
-    sync(gen.device)
-    dt = time.perf_counter() - t0
+    times = []
+    for _ in range(cfg.repeats):  # the median of a few runs: this machine's speed drifts
+        sync(gen.device)
+        t0 = time.perf_counter()
+        n = sum(1 for _ in gen.stream("A", cfg.new_tokens, temperature=1.0, seed=0))
+        sync(gen.device)
+        times.append(time.perf_counter() - t0)
+    dt = sorted(times)[len(times) // 2]
     out = {"mode": "sample", "tokens_per_s": n / dt, "ms_per_token": 1000 * dt / n, "new_tokens": n,
            "params": gen.num_params, "precision": gen.precision,
            "compile": bool(cfg.model.compile), "device": str(gen.device),
@@ -177,11 +180,12 @@ def bench_sample(cfg: DictConfig) -> dict:
         out["process_wall_s"] = time.perf_counter() - t0
     tmp.cleanup()
     if cfg.baseline:
-        base = run_baseline(cfg.baseline, ["sample", "--n-layer", str(m.n_layer), "--n-head", str(m.n_head),
-                                           "--n-embd", str(m.n_embd), "--block-size", str(m.block_size),
-                                           "--new-tokens", str(cfg.new_tokens)])
-        out["baseline_tokens_per_s"] = base["tokens_per_s"]
-        out["speedup_vs_baseline"] = out["tokens_per_s"] / base["tokens_per_s"]
+        runs = [run_baseline(cfg.baseline, ["sample", "--n-layer", str(m.n_layer), "--n-head", str(m.n_head),
+                                            "--n-embd", str(m.n_embd), "--block-size", str(m.block_size),
+                                            "--new-tokens", str(cfg.new_tokens)])["tokens_per_s"]
+                for _ in range(cfg.repeats)]
+        out["baseline_tokens_per_s"] = sorted(runs)[len(runs) // 2]
+        out["speedup_vs_baseline"] = out["tokens_per_s"] / out["baseline_tokens_per_s"]
     return out
 
 

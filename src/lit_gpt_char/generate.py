@@ -53,12 +53,13 @@ class Int8Linear(nn.Module):
 
 
 def quantize_int8(model: GPT) -> GPT:
-    """Swap the blocks' Linear layers for Int8Linear (the tied head/embedding stays bf16)."""
-    for block in model.blocks:
-        for parent in (block.attn, block.mlp):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, Int8Linear(child, next(model.parameters()).dtype))
+    """Swap every Linear (the blocks' and the head) for Int8Linear; the token embedding stays as
+    it is (the head gets its own int8 copy of the tied matrix)."""
+    dtype = next(model.parameters()).dtype
+    for parent in [model, *(m for block in model.blocks for m in (block.attn, block.mlp))]:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child, dtype))
     return model
 
 
