@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from lit_gpt_char.checkpoint import safe_load
-from lit_gpt_char.errors import LaunchError
+from lit_gpt_char.errors import LaunchError, in_multirun
 
 # Start methods that do not re-run the command line (torch.multiprocessing instead).
 SPAWNED = ("spawn", "fork", "notebook")
@@ -73,11 +73,7 @@ def relaunches_command(trainer_cfg: Mapping) -> bool:
 
 def check_launch(cfg: DictConfig) -> None:
     """Refuse a Hydra multirun whose jobs would re-run the command line (plain ddp), with what works."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    if multirun and relaunches_command(cfg.trainer):
+    if in_multirun() and relaunches_command(cfg.trainer):
         raise LaunchError(
             f"trainer.strategy={cfg.trainer.get('strategy')} with several processes cannot run inside a "
             "multirun (-m): Lightning would re-run the whole sweep command in every extra process. "

@@ -62,12 +62,14 @@ def count_params(job_dir: Path) -> int | None:
         return None
     import torch
 
+    from lit_gpt_char.checkpoint import safe_load
+    from lit_gpt_char.errors import UserError
     from lit_gpt_char.model import GPT, GPTConfig
 
     for path in ckpts:
-        try:  # mmap: the weights are not read; a checkpoint being written may fail to open
-            ckpt = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
-        except Exception:
+        try:  # memory-mapped: the weights are not read; a checkpoint being written may fail to open
+            ckpt = safe_load(path)
+        except UserError:
             continue
         if "model_config" in ckpt:
             with torch.device("meta"):  # shapes only, no memory, no init cost
