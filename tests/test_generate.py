@@ -6,27 +6,56 @@ import torch
 from lit_gpt_char.checkpoint import export, load_checkpoint
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.generate import load_generator
-from lit_gpt_char.model import GPT, GPTConfig, KVCache, sample_logits
+from lit_gpt_char.model import GPT, Decoder, GPTConfig, KVCache, sample_logits
 
 
-def model(block_size=16) -> GPT:
+def model(block_size=16, bias=False) -> GPT:
     torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=13, block_size=block_size, n_layer=2, n_head=2, n_embd=32, dropout=0.1)).eval()
+    cfg = GPTConfig(vocab_size=13, block_size=block_size, n_layer=2, n_head=2, n_embd=32, dropout=0.1, bias=bias)
+    m = GPT(cfg).eval()
+    if bias:  # zero-initialized: give them values so a dropped bias would show
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0, 0.1)
+    return m
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("batch, prompt_len", [(1, 1), (1, 5), (3, 1), (3, 7)])
-def test_cached_logits_equal_full_forward(batch, prompt_len):
-    m = model()
+def test_cached_logits_equal_full_forward(batch, prompt_len, bias):
+    """Both cached paths: Decoder.step (what generation runs) and forward(cache=...) chunks."""
+    m = model(bias=bias)
     seq = torch.randint(0, 13, (batch, 16))
-    cache = KVCache(2, 16)
+    decoder, cache = Decoder(m, batch), KVCache(2, 16)
     with torch.no_grad():
-        logits, _ = m(seq[:, :prompt_len], cache=cache)
-        steps = [logits[:, -1]]
-        for t in range(prompt_len, 16):
-            steps.append(m(seq[:, t : t + 1], cache=cache)[0][:, -1])
         full, _ = m(seq)
-    for i, got in enumerate(steps):
-        assert (got - full[:, prompt_len - 1 + i]).abs().max() < 1e-4
+        steps = [decoder.prefill(seq[:, :prompt_len])]
+        chunks = [m(seq[:, :prompt_len], cache=cache)[0][:, -1]]
+        for t in range(prompt_len, 16):
+            steps.append(decoder.step(seq[:, t]))
+            chunks.append(m(seq[:, t : t + 1], cache=cache)[0][:, -1])
+        assert decoder.full
+        with pytest.raises(ValueError, match="past block_size"):
+            decoder.step(seq[:, 0])
+    for i, (got, chunk) in enumerate(zip(steps, chunks)):
+        want = full[:, prompt_len - 1 + i]
+        assert (got - want).abs().max() < 1e-4 and (chunk - want).abs().max() < 1e-4
+
+
+def test_decoder_follows_the_model_dtype():
+    """bf16 weights: the step stays in bf16 (its cache in float32 on a CPU) and tracks forward."""
+    m = model().to(torch.bfloat16)
+    seq = torch.randint(0, 13, (2, 16))
+    decoder = Decoder(m, 2)
+    with torch.no_grad():
+        full = m(seq)[0].float()
+        decoder.prefill(seq[:, :3])
+        for t in range(3, 16):
+            got = decoder.step(seq[:, t])
+            assert got.dtype == torch.bfloat16
+            assert (got.float() - full[:, t]).abs().max() < 0.05
+    assert decoder.cache.k[0].dtype == torch.float32
 
 
 def reference_greedy(m: GPT, prompt: torch.Tensor, n: int, slide: int) -> torch.Tensor:
@@ -132,3 +161,14 @@ def test_int8_weights_stay_close_to_float32(trained_run):
         b = int8.model(idx)[0].float().log_softmax(-1)
     assert (a.exp() - b.exp()).abs().max() < 0.05  # probabilities barely move
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
+
+
+@pytest.mark.slow
+def test_compiled_decoder_matches_eager():
+    """compile=True (torch.compile of Decoder.step, dynamic shapes) writes the same greedy text,
+    past the block size (so through re-prefills) and for two calls in a row (no recompiles)."""
+    m = model(block_size=16)
+    prompt = torch.randint(0, 13, (2, 3))
+    eager = m.generate(prompt, 40, temperature=0)
+    for _ in range(2):
+        assert torch.equal(m.generate(prompt, 40, temperature=0, compile=True), eager)

@@ -44,6 +44,9 @@ class Int8Linear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.shape[0] <= 8:  # decoding (the hot path): nothing but the kernel
+            y = torch._weight_int8pack_mm(x, self.weight, self.scales)
+            return y if self.bias is None else y + self.bias
         rows = x.numel() // x.shape[-1]
         if rows > 8:  # a prefill: the int8 kernel is made for a few rows; dequantize once instead
             return F.linear(x, self.weight.to(x.dtype) * self.scales[:, None], self.bias)
@@ -121,7 +124,8 @@ class TextGenerator:
         return "int8 weights, bf16 activations" if self.int8 else str(self.dtype).removeprefix("torch.")
 
     def compile(self) -> TextGenerator:
-        """torch.compile the model (worth it for long generations; the first call compiles)."""
+        """torch.compile the prefill (GPT.forward) and the decode step (Decoder.step); worth it
+        for long generations, on a GPU above all: the first call compiles."""
         if not self._compiled:
             self.model.forward = torch.compile(self.model.forward, dynamic=True)
             self._compiled = True
@@ -159,7 +163,8 @@ class TextGenerator:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed) if seed is not None else generator.seed()
-        for nxt in self.model.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, slide):
+        for nxt in self.model.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, slide,
+                                             compile=self._compiled):
             yield self.tokenizer.chars[int(nxt[0])]
 
     def generate(

@@ -8,8 +8,9 @@ position, not a forward pass over the whole context.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -79,32 +80,41 @@ class Dropout(nn.Dropout):
 class KVCache:
     """Keys and values of every layer for the positions seen so far (at most block_size).
 
-    Allocated lazily on the first update so it takes the dtype and device the attention
-    produces (bf16 under autocast, say).
+    Allocated lazily on the first update, on the attention's device and in its dtype, except
+    on a CPU: there it is float32 whatever the weights, because the CPU attention kernel is
+    ~4x slower in bf16 for a single query (and float32 is the more exact anyway).
     """
 
     def __init__(self, n_layer: int, max_len: int):
         self.n_layer, self.max_len = n_layer, max_len
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
+        self.k: list[torch.Tensor] = []  # per layer (B, H, max_len, hd)
+        self.v: list[torch.Tensor] = []
         self.pos = 0  # positions already stored (for all layers)
 
     def reset(self) -> None:
         self.pos = 0
 
+    def allocate(self, batch: int, n_head: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Make room for (batch, n_head, max_len, head_dim) per layer, unless it is there already."""
+        dtype = torch.float32 if device.type == "cpu" else dtype
+        if self.k and self.k[0].shape[:2] == (batch, n_head) and self.k[0].dtype == dtype and self.k[0].device == device:
+            return
+        shape = (self.n_layer, batch, n_head, self.max_len, head_dim)
+        self.k = list(torch.empty(shape, dtype=dtype, device=device).unbind(0))
+        self.v = list(torch.empty(shape, dtype=dtype, device=device).unbind(0))
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, H, T, hd) at positions pos..pos+T-1; return all stored keys and values."""
-        b, h, t, hd = k.shape
-        end = self.pos + t
+        end = self.pos + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > block_size {self.max_len}")
-        if self.k is None or self.k.shape[1] != b or self.k.dtype != k.dtype or self.k.device != k.device:
-            shape = (self.n_layer, b, h, self.max_len, hd)
-            self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
-            self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        if layer == 0:
+            b, h, _, hd = k.shape
+            self.allocate(b, h, hd, k.dtype, k.device)
+        kc, vc = self.k[layer], self.v[layer]
+        kc[:, :, self.pos : end] = k
+        vc[:, :, self.pos : end] = v
+        return kc[:, :, :end], vc[:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -138,7 +148,7 @@ class CausalSelfAttention(nn.Module):
             if t > 1 and cache.pos != 0:
                 raise ValueError("a multi-token chunk must start at position 0 of the cache")
             k, v = cache.update(layer, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, is_causal=t > 1).to(x.dtype)
         y = y.transpose(1, 2).reshape(b, t, c)
         return self.resid_drop(self.proj(y))
 
@@ -236,6 +246,7 @@ class GPT(nn.Module):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         slide: int | None = None,
+        compile: bool = False,
     ) -> Iterator[torch.Tensor]:
         """Yield max_new_tokens new ids, one (B,) tensor per step, continuing each row of idx.
 
@@ -246,7 +257,8 @@ class GPT(nn.Module):
         thus predicted from at least block_size - slide + 1 characters (from all of them while
         the text is shorter than block_size), at one re-prefill every `slide` new tokens.
         slide=1 is exactly the usual "crop to the last block_size characters" rule, at the
-        cost of a full forward pass per token.
+        cost of a full forward pass per token. compile=True runs Decoder.step through
+        torch.compile (the first call compiles, once per process).
         """
         if max_new_tokens <= 0:
             return
@@ -254,25 +266,18 @@ class GPT(nn.Module):
         slide = max(1, w // 2) if slide is None else slide
         if not 1 <= slide <= w:
             raise ValueError(f"slide must be in [1, block_size={w}], got {slide}")
-        b = idx.shape[0]
         keep = w - slide + 1  # context length right after a slide
         # The last w tokens seen so far, kept for re-prefills after a slide.
         window = idx[:, -w:]
-        cache = KVCache(self.config.n_layer, w)
-        logits, _ = self(window, cache=cache)
-        logits = logits[:, -1, :]
+        decoder = Decoder(self, batch=idx.shape[0], compile=compile)
+        logits = decoder.prefill(window)
         for step in range(max_new_tokens):
             nxt = sample_logits(logits, temperature, top_k, top_p, generator)
             yield nxt
             if step == max_new_tokens - 1:
                 break
             window = torch.cat([window, nxt[:, None]], dim=1)[:, -w:]
-            if cache.pos == w:
-                cache.reset()
-                logits, _ = self(window[:, -keep:], cache=cache)
-            else:
-                logits, _ = self(nxt.view(b, 1), cache=cache)
-            logits = logits[:, -1, :]
+            logits = decoder.prefill(window[:, -keep:]) if decoder.full else decoder.step(nxt)
 
     @torch.no_grad()
     def generate(
@@ -284,10 +289,82 @@ class GPT(nn.Module):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         slide: int | None = None,
+        compile: bool = False,
     ) -> torch.Tensor:
         """idx (B, T) followed by max_new_tokens sampled ids; see generate_stream."""
-        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, slide))
+        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, slide, compile))
         return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx
+
+
+class Decoder:
+    """A GPT's eval-mode forward, one new position at a time, over a key/value cache.
+
+    prefill(idx) runs the whole chunk through GPT.forward from position 0; step(ids) then
+    adds one position per row in O(context) work. step is GPT.forward specialized to that
+    case: the weights are gathered into flat per-layer tuples once, here, so a step runs
+    only tensor operations. At batch 1 on a CPU each nn.Module call and attribute lookup
+    costs about as much as the arithmetic it wraps; skipping them makes a step ~20% faster.
+    No dropout: this is inference. compile=True swaps step for one torch.compile'd copy shared
+    by every Decoder (dynamic shapes, so a growing cache does not recompile it).
+    """
+
+    def __init__(self, model: GPT, batch: int, compile: bool = False):
+        cfg, self.model = model.config, model
+        self.shape, self.n_head = (cfg.n_embd,), cfg.n_head
+        self.cache = KVCache(cfg.n_layer, cfg.block_size)
+        weight = model.wte.weight
+        self.cache.allocate(batch, cfg.n_head, cfg.n_embd // cfg.n_head, weight.dtype, weight.device)
+
+        def norm(ln: nn.LayerNorm) -> tuple:
+            return ln.weight, ln.bias, ln.eps
+
+        self.layers = [
+            (norm(b.ln1), fast(b.attn.qkv), fast(b.attn.proj), norm(b.ln2), fast(b.mlp.fc), fast(b.mlp.proj), k, v)
+            for b, k, v in zip(model.blocks, self.cache.k, self.cache.v)
+        ]
+        self.wte, self.wpe, self.ln_f, self.head = weight, model.wpe.weight, norm(model.ln_f), fast(model.lm_head)
+        if compile:
+            self.step = functools.partial(compiled_step(), self)
+
+    @property
+    def full(self) -> bool:
+        """No room for another position: prefill a shorter context (slide the window)."""
+        return self.cache.pos == self.cache.max_len
+
+    def prefill(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) after the context idx (B, T), which replaces whatever was cached."""
+        self.cache.reset()
+        return self.model(idx, cache=self.cache)[0][:, -1, :]
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) after one more id per row, ids (B,)."""
+        pos = self.cache.pos
+        if pos >= self.cache.max_len:
+            raise ValueError(f"position {pos} is past block_size {self.cache.max_len}: prefill a shorter context")
+        b, c, h, n = ids.shape[0], self.shape[0], self.n_head, pos + 1
+        x = self.wte[ids] + self.wpe[pos]  # (B, C)
+        for ln1, qkv, proj, ln2, fc, fc_proj, k, v in self.layers:
+            # (B, 3, H, 1, hd) in the cache's dtype: q, k, v of the new position, head by head
+            new = qkv(F.layer_norm(x, self.shape, *ln1)).view(b, 3, h, 1, -1).to(k.dtype)
+            k[:, :, pos : n] = new[:, 1]
+            v[:, :, pos : n] = new[:, 2]
+            y = F.scaled_dot_product_attention(new[:, 0], k[:, :, :n], v[:, :, :n])  # no mask: all is past
+            x = x + proj(y.view(b, c).to(x.dtype))
+            x = x + fc_proj(F.gelu(fc(F.layer_norm(x, self.shape, *ln2))))
+        self.cache.pos = n
+        return self.head(F.layer_norm(x, self.shape, *self.ln_f))
+
+
+@functools.cache
+def compiled_step() -> Callable[[Decoder, torch.Tensor], torch.Tensor]:
+    return torch.compile(Decoder.step, dynamic=True)
+
+
+def fast(linear: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The module's function without nn.Module's call machinery (hooks do not run)."""
+    if type(linear) is nn.Linear:
+        return functools.partial(F.linear, weight=linear.weight, bias=linear.bias)
+    return linear.forward  # e.g. generate.Int8Linear
 
 
 def sample_logits(
