@@ -30,8 +30,14 @@ def test_bench_train_json(corpus):
 
 
 def test_bench_sample_json():
-    r = run_cli("bench", "mode=sample", *SMALL, "new_tokens=50", "sample_precision=int8")
+    extra = [f"baseline={BASELINE}"] if BASELINE.is_file() else []
+    r = run_cli("bench", "mode=sample", *SMALL, "new_tokens=50", "sample_precision=int8", "repeats=2", *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     out = last_json(r.stdout)
     assert out["mode"] == "sample" and out["new_tokens"] == 50 and out["tokens_per_s"] > 0
     assert out["first_char_s"] is not None and "int8" in out["precision"]
+    assert len(out["runs_tokens_per_s"]) == 2
+    if extra:  # one ratio per round (ours, then the baseline's), and their median
+        ratios = [a / b for a, b in zip(out["runs_tokens_per_s"], out["runs_baseline_tokens_per_s"])]
+        assert out["runs_speedup"] == pytest.approx(ratios, rel=0.01)
+        assert out["speedup_vs_baseline"] == pytest.approx(sum(out["runs_speedup"]) / 2, rel=0.01)

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import hydra
 import lightning as L
@@ -146,7 +147,12 @@ def bench_train(cfg: DictConfig) -> dict:
 
 
 def bench_sample(cfg: DictConfig) -> dict:
-    """Generation speed of a model of cfg.model's size (random weights: speed does not depend on them)."""
+    """Generation speed of a model of cfg.model's size (random weights: speed does not depend on them).
+
+    With a baseline, each of the `repeats` rounds times our generation and then the baseline's,
+    and the speedup is the median of the rounds' ratios: this machine's speed drifts by tens of
+    percent from minute to minute, and a ratio of two runs a few seconds apart cancels most of it.
+    """
     m = cfg.model
     tok = CharTokenizer([chr(i) for i in range(32, 97)])  # 65 characters, like Tiny Shakespeare
     torch.manual_seed(cfg.seed)
@@ -159,15 +165,20 @@ def bench_sample(cfg: DictConfig) -> dict:
     gen = load_generator(out_dir, device="auto", precision=cfg.sample_precision, compile=cfg.model.compile)
     for _ in gen.stream("A", 5, seed=0):  # warm-up (and compilation, if any)
         pass
-    times = []
-    for _ in range(cfg.repeats):  # the median of a few runs: this machine's speed drifts
+    baseline_args = ["sample", "--n-layer", str(m.n_layer), "--n-head", str(m.n_head), "--n-embd", str(m.n_embd),
+                     "--block-size", str(m.block_size), "--new-tokens", str(cfg.new_tokens)]
+    ours, theirs = [], []
+    for _ in range(cfg.repeats):
         sync(gen.device)
         t0 = time.perf_counter()
         n = sum(1 for _ in gen.stream("A", cfg.new_tokens, temperature=1.0, seed=0))
         sync(gen.device)
-        times.append(time.perf_counter() - t0)
-    dt = sorted(times)[len(times) // 2]
-    out = {"mode": "sample", "tokens_per_s": n / dt, "ms_per_token": 1000 * dt / n, "new_tokens": n,
+        ours.append(n / (time.perf_counter() - t0))
+        if cfg.baseline:
+            theirs.append(run_baseline(cfg.baseline, baseline_args)["tokens_per_s"])
+    tokens_per_s = median(ours)
+    out = {"mode": "sample", "tokens_per_s": tokens_per_s, "ms_per_token": 1000 / tokens_per_s, "new_tokens": n,
+           "runs_tokens_per_s": [round(x, 1) for x in ours],
            "params": gen.num_params, "precision": gen.precision,
            "compile": bool(cfg.model.compile), "device": str(gen.device),
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -179,13 +190,12 @@ def bench_sample(cfg: DictConfig) -> dict:
         out["first_char_s"] = float(found.group(1)) if found else None
         out["process_wall_s"] = time.perf_counter() - t0
     tmp.cleanup()
-    if cfg.baseline:
-        runs = [run_baseline(cfg.baseline, ["sample", "--n-layer", str(m.n_layer), "--n-head", str(m.n_head),
-                                            "--n-embd", str(m.n_embd), "--block-size", str(m.block_size),
-                                            "--new-tokens", str(cfg.new_tokens)])["tokens_per_s"]
-                for _ in range(cfg.repeats)]
-        out["baseline_tokens_per_s"] = sorted(runs)[len(runs) // 2]
-        out["speedup_vs_baseline"] = out["tokens_per_s"] / out["baseline_tokens_per_s"]
+    if theirs:
+        ratios = [a / b for a, b in zip(ours, theirs)]
+        out["baseline_tokens_per_s"] = median(theirs)
+        out["runs_baseline_tokens_per_s"] = [round(x, 2) for x in theirs]
+        out["speedup_vs_baseline"] = median(ratios)
+        out["runs_speedup"] = [round(x, 2) for x in ratios]
     return out
 
 

@@ -80,9 +80,11 @@ class Dropout(nn.Dropout):
 class KVCache:
     """Keys and values of every layer for the positions seen so far (at most block_size).
 
-    Allocated lazily on the first update, on the attention's device and in its dtype, except
-    on a CPU: there it is float32 whatever the weights, because the CPU attention kernel is
-    ~4x slower in bf16 for a single query (and float32 is the more exact anyway).
+    Allocated by allocate() or on the first update, on the attention's device and in its
+    dtype, except on a CPU: there it is float32 whatever the weights, because the CPU
+    attention kernel is ~4x slower in bf16 for a single query (and float32 is the more exact
+    anyway). Later keys and values are converted to that dtype: the tensors never move, so a
+    Decoder can hold on to them.
     """
 
     def __init__(self, n_layer: int, max_len: int):
@@ -96,9 +98,9 @@ class KVCache:
 
     def allocate(self, batch: int, n_head: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
         """Make room for (batch, n_head, max_len, head_dim) per layer, unless it is there already."""
-        dtype = torch.float32 if device.type == "cpu" else dtype
-        if self.k and self.k[0].shape[:2] == (batch, n_head) and self.k[0].dtype == dtype and self.k[0].device == device:
+        if self.k and self.k[0].shape[:2] == (batch, n_head) and self.k[0].device == device:
             return
+        dtype = torch.float32 if device.type == "cpu" else dtype
         shape = (self.n_layer, batch, n_head, self.max_len, head_dim)
         self.k = list(torch.empty(shape, dtype=dtype, device=device).unbind(0))
         self.v = list(torch.empty(shape, dtype=dtype, device=device).unbind(0))
