@@ -91,6 +91,14 @@ class LitGPT(L.LightningModule):
         return model(idx, targets)
 
     # --- training and validation ------------------------------------------------------------
+    def on_train_start(self) -> None:
+        # Every rank starts from the same generator state (one seed, or the one state a
+        # checkpoint saved), so every rank would draw the same dropout masks. Fork one stream
+        # per rank from a number all ranks draw alike: still reproducible from the seed.
+        if self.trainer.world_size > 1:
+            base = int(torch.randint(2**62, (1,)))
+            torch.manual_seed(base + self.global_rank)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         _, loss = self(x, y)
@@ -168,7 +176,9 @@ class LitGPT(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["model_config"] = self.model.config.to_dict()
         checkpoint["tokenizer"] = self.tokenizer.to_dict()
-        # Dropout draws from the global generators: saving them makes a resumed run exact.
+        # Dropout draws from the global generators: saving them makes a resumed run exact. With
+        # several ranks, rank 0's state is saved and on_train_start forks it again on resume:
+        # reproducible, though not the streams the uninterrupted run would have drawn.
         checkpoint["rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
