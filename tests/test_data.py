@@ -41,6 +41,21 @@ def test_train_windows_state_dict_resumes_the_same_stream():
     assert all(torch.equal(e, g) for e, g in zip(expected, got))
 
 
+@pytest.mark.parametrize("repeat", [None, 4])
+def test_other_ranks_resume_their_own_stream_from_rank_zeros_state(repeat):
+    """A checkpoint holds rank 0's loader state; rank 1 (seed + 1000) must go on with its own windows."""
+    data = torch.randint(0, 50, (5000,), dtype=torch.uint8)
+    rank0, rank1 = (RandomWindows(data, 16, 4, 10, seed=3 + 1000 * r, repeat_batches=repeat) for r in (0, 1))
+    for _ in range(7):
+        rank0.draw(), rank1.draw()
+    saved = rank0.state_dict()
+    expected = [rank1.draw()[0] for _ in range(6)]
+    resumed = RandomWindows(data, 16, 4, 10, seed=1003, repeat_batches=repeat)
+    resumed.load_state_dict(saved)
+    assert resumed.drawn == 7
+    assert all(torch.equal(e, resumed.draw()[0]) for e in expected)
+
+
 @pytest.mark.parametrize("n, block, world", [(1000, 64, 1), (1000, 64, 3), (129, 64, 2), (65, 64, 1)])
 def test_val_windows_score_every_target_exactly_once(n, block, world):
     data = torch.arange(n, dtype=torch.int32)

@@ -225,3 +225,43 @@ def test_each_rank_draws_its_own_reproducible_dropout(corpus, tmp_path):
     first, again = draws("a"), draws("b")
     assert not torch.equal(first[0], first[1])  # different masks on different ranks
     assert all(torch.equal(a, b) for a, b in zip(first, again))  # and the same ones from the same seed
+
+
+class RecordBatches(L.Callback):
+    """Each rank saves the inputs of every training batch it sees in this fit."""
+
+    def __init__(self, out: Path):
+        self.out, self.seen = out, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append(batch[0].clone())
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save(self.seen, self.out / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_resume_goes_on_with_each_ranks_own_windows(corpus, tmp_path):
+    """The checkpoint holds rank 0's loader state only; after resuming, every rank must draw the
+    windows it would have drawn without the interruption (not rank 0's: that would halve the batch)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(name: str, steps: int, ckpt_path: Path | None = None) -> list[list[torch.Tensor]]:
+        out = tmp_path / name
+        out.mkdir()
+        L.seed_everything(0)
+        dm = TextDataModule(path=str(corpus), sha256=None, block_size=BLOCK, batch_size=4, seed=0)
+        model = LitGPT(dm.tokenizer.chars, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+        trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=steps, limit_val_batches=0,
+                            logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=out,
+                            callbacks=[RecordBatches(out), ModelCheckpoint(dirpath=out, save_last=True)])
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+
+    straight = fit("straight", 6)
+    fit("first", 3)
+    resumed = fit("resumed", 6, ckpt_path=tmp_path / "first" / "last.ckpt")
+    for rank in (0, 1):
+        assert len(resumed[rank]) == 3
+        assert all(torch.equal(a, b) for a, b in zip(straight[rank][3:], resumed[rank])), rank
+    assert not torch.equal(resumed[0][0], resumed[1][0])

@@ -142,19 +142,29 @@ class RandomWindows:
             yield self.draw()
 
     def draw(self) -> Batch:
+        w = self.data[self._starts() + self.offsets].long()
+        return w[:, :-1], w[:, 1:]
+
+    def _starts(self) -> torch.Tensor:
         if self.repeat_batches and self.drawn % self.repeat_batches == 0:
             self.generator.manual_seed(self.seed)  # overfitting on purpose: the same batches again
         self.drawn += 1
-        starts = torch.randint(len(self.data) - self.block_size, (self.batch_size, 1), generator=self.generator)
-        w = self.data[starts + self.offsets].long()
-        return w[:, :-1], w[:, 1:]
+        return torch.randint(len(self.data) - self.block_size, (self.batch_size, 1), generator=self.generator)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "drawn": self.drawn}
+        return {"generator": self.generator.get_state(), "drawn": self.drawn, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.drawn = state["drawn"]
+        """Resume after state["drawn"] batches. A checkpoint holds rank 0's state only, so another
+        rank (another seed) replays its own stream up to that point instead of taking rank 0's."""
+        if state.get("seed") == self.seed:
+            self.generator.set_state(state["generator"])
+            self.drawn = state["drawn"]
+            return
+        self.generator.manual_seed(self.seed)
+        self.drawn = 0
+        while self.drawn < state["drawn"]:
+            self._starts()
 
 
 class ValWindows:
