@@ -82,6 +82,19 @@ def test_fsdp_config_builds_a_block_wrapped_full_checkpoint_strategy(tmp_path):
             hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
 
 
+def test_generate_samples_stands_aside_under_fsdp():
+    """Sampling on rank 0 alone would hang on sharded weights: the callback warns once and skips."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lit_gpt_char.callbacks import GenerateSamples
+
+    trainer = SimpleNamespace(strategy=FSDPStrategy(), global_step=10, is_global_zero=True)
+    callback = GenerateSamples(every_n_steps=5)
+    with pytest.warns(UserWarning, match="off under FSDP"):
+        assert callback.sample(trainer, pl_module=None) is None
+    assert callback.sample(trainer, pl_module=None) is None  # and only once
+
+
 # --- ddp_spawn in-process: validation over ranks, and 2 x B/2 == 1 x B --------------------------------------
 STEPS, BATCH, BLOCK = 150, 16, 32
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -96,6 +97,7 @@ class GenerateSamples(L.Callback):
         self.prompt, self.max_new_tokens = prompt, max_new_tokens
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self._last_step = -1
+        self._fsdp_warned = False
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         step = trainer.global_step
@@ -108,6 +110,14 @@ class GenerateSamples(L.Callback):
 
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
         self._last_step = trainer.global_step
+        if isinstance(trainer.strategy, FSDPStrategy):
+            # The weights are sharded: rank 0 alone cannot run the model (it would wait forever
+            # for the other ranks to gather them). Checkpoints are whole files: sample from those.
+            if not self._fsdp_warned:
+                rank_zero_warn("GenerateSamples is off under FSDP (sharded weights); sample from a checkpoint instead: "
+                               "python -m lit_gpt_char.sample ckpt=<run dir>")
+                self._fsdp_warned = True
+            return None
         if not trainer.is_global_zero or not isinstance(pl_module, LitGPT) or self.max_new_tokens <= 0:
             return None
         tok, model = pl_module.tokenizer, pl_module.model
