@@ -1,7 +1,6 @@
 """The benchmark runs and prints valid JSON (its numbers are measured elsewhere, not asserted)."""
 
 import json
-from pathlib import Path
 
 import pytest
 

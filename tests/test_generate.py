@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from lit_gpt_char.checkpoint import export, load_checkpoint
-from lit_gpt_char.errors import UserError
 from lit_gpt_char.generate import load_generator
 from lit_gpt_char.model import GPT, Decoder, GPTConfig, KVCache, sample_logits
 

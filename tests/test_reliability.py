@@ -1,6 +1,5 @@
 """Exact resume, interrupts, atomic checkpoints, divergence, safe loading, and bad input."""
 
-import math
 import os
 import signal
 import subprocess
