@@ -157,9 +157,15 @@ class TextGenerator:
         on_unknown: str = "error",
         slide: int | None = None,
     ) -> Iterator[str]:
-        """Yield the new text one character at a time (the prompt is not repeated)."""
+        """Yield the new text one character at a time (the prompt is not repeated).
+
+        Bad options and prompts raise here, at the call, not at the first character."""
         check_options(max_new_tokens, temperature, top_k, top_p)
         ids = self.encode_prompt(prompt, on_unknown)
+        return self._new_chars(ids, max_new_tokens, temperature, top_k, top_p, seed, slide)
+
+    def _new_chars(self, ids: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
+                   top_p: float | None, seed: int | None, slide: int | None) -> Iterator[str]:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed) if seed is not None else generator.seed()
@@ -178,10 +184,11 @@ class TextGenerator:
         on_unknown: str = "error",
         slide: int | None = None,
     ) -> str:
-        """The prompt followed by max_new_tokens generated characters."""
+        """The prompt (less any skipped characters) followed by max_new_tokens generated characters."""
+        check_options(max_new_tokens, temperature, top_k, top_p)
         ids = self.encode_prompt(prompt, on_unknown)
-        new = "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed, on_unknown, slide))
-        return self.tokenizer.decode(ids) + new
+        new = self._new_chars(ids, max_new_tokens, temperature, top_k, top_p, seed, slide)
+        return self.tokenizer.decode(ids) + "".join(new)
 
 
 def load_generator(
