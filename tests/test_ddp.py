@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import socket
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,10 +17,12 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.multiprocessing.spawn import ProcessExitedException
 
 from conftest import TINY, run_cli
 from lit_gpt_char.data import TextDataModule, ValWindows
-from lit_gpt_char.distributed import relaunches_command
+from lit_gpt_char import distributed
+from lit_gpt_char.distributed import choose_main_port, free_port_below_ephemeral, relaunches_command
 from lit_gpt_char.module import LitGPT
 from test_configs import compose_train
 
@@ -50,6 +57,52 @@ def test_slurm_started_processes_are_not_relaunched(monkeypatch):
 
 
 # --- each rank its own training windows ----------------------------------------------------------------
+# --- the port the processes meet on --------------------------------------------------------------------------
+def ephemeral_low() -> int:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        return int(f.read().split()[0])
+
+
+def test_a_multi_process_run_gets_a_fresh_port_below_the_ephemeral_range(monkeypatch):
+    monkeypatch.setattr(distributed, "_GIVEN_PORT", False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for var in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    # What Lightning left from the last job of a sweep is replaced, not reused.
+    monkeypatch.setenv("MASTER_PORT", "1")
+    choose_main_port({"strategy": "ddp_spawn", "devices": 2, "accelerator": "cpu"})
+    assert 20_000 <= int(os.environ["MASTER_PORT"]) < ephemeral_low()
+
+    for single in ({"strategy": "auto", "devices": 1, "accelerator": "cpu"},
+                   {"strategy": "ddp", "devices": 1, "accelerator": "cpu"},
+                   {"strategy": "ddp", "devices": 2, "num_nodes": 2, "accelerator": "gpu"}):
+        monkeypatch.setenv("MASTER_PORT", "1")
+        choose_main_port(single)
+        assert os.environ["MASTER_PORT"] == "1", single
+
+
+@pytest.mark.parametrize("given", ["user", "launched", "slurm"])
+def test_a_given_or_inherited_port_is_kept(given, monkeypatch):
+    monkeypatch.setattr(distributed, "_GIVEN_PORT", given == "user")
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    if given == "launched":  # a process Lightning's ddp launcher started: it must meet its parent's port
+        monkeypatch.setenv("LOCAL_RANK", "1")
+    if given == "slurm":
+        monkeypatch.setenv("SLURM_NTASKS", "2")
+        monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    choose_main_port({"strategy": "ddp", "devices": 2, "accelerator": "cpu"})
+    assert os.environ["MASTER_PORT"] == "29500"
+
+
+def test_free_port_below_ephemeral_is_free():
+    port = free_port_below_ephemeral()
+    assert port is not None and 20_000 <= port < ephemeral_low()
+    with socket.socket() as s:
+        s.bind(("", port))
+
+
 def test_each_rank_draws_its_own_reproducible_windows(corpus):
     def first_batch(rank: int) -> torch.Tensor:
         dm = TextDataModule(path=str(corpus), sha256=None, block_size=32, batch_size=8, seed=7)
@@ -99,6 +152,33 @@ def test_generate_samples_stands_aside_under_fsdp():
 STEPS, BATCH, BLOCK = 150, 16, 32
 
 
+@pytest.fixture
+def spawn(monkeypatch) -> Callable:
+    """Run one in-process ddp_spawn launch (`fit_once`, which must start from scratch) the way
+    train.py starts one: on a fresh MASTER_PORT (Lightning would keep one port for the whole pytest
+    process). A rank killed by a signal gets one more try, with a warning: in CI a gloo rank died
+    once with SIGABRT, which never happened here in 40+ launches and says nothing of our code; an
+    error of ours is raised, not signalled, and fails at once."""
+
+    def run(fit_once: Callable):
+        for attempt in (1, 2):
+            monkeypatch.setenv("MASTER_PORT", str(free_port_below_ephemeral()))
+            try:
+                return fit_once()
+            except ProcessExitedException as e:
+                if attempt == 2 or e.signal_name is None:
+                    raise
+                warnings.warn(f"ddp_spawn: {e}; launching once more", stacklevel=2)
+
+    return run
+
+
+def fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 def fit(corpus: Path, root: Path, devices: int, batch_size: int, strategy: str) -> tuple[L.Trainer, LitGPT]:
     L.seed_everything(0)
     dm = TextDataModule(path=str(corpus), sha256=None, block_size=BLOCK, batch_size=batch_size, seed=0)
@@ -124,9 +204,9 @@ def val_loss(model: LitGPT, val: ValWindows) -> float:
 
 
 @pytest.mark.slow
-def test_ddp_spawn_validates_whole_split_and_matches_one_process(corpus, tmp_path):
+def test_ddp_spawn_validates_whole_split_and_matches_one_process(corpus, tmp_path, spawn):
     one, _ = fit(corpus, tmp_path / "one", devices=1, batch_size=BATCH, strategy="auto")
-    two, model = fit(corpus, tmp_path / "two", devices=2, batch_size=BATCH // 2, strategy="ddp_spawn")
+    two, model = spawn(lambda: fit(corpus, tmp_path / "two", devices=2, batch_size=BATCH // 2, strategy="ddp_spawn"))
     one_loss, two_loss = float(one.callback_metrics["val/loss"]), float(two.callback_metrics["val/loss"])
     # Same number of optimizer steps on the same number of windows per step: the same loss, up to noise.
     assert abs(one_loss - two_loss) < 0.05, (one_loss, two_loss)
@@ -222,10 +302,9 @@ class RecordDropoutStream(L.Callback):
 
 
 @pytest.mark.slow
-def test_each_rank_draws_its_own_reproducible_dropout(corpus, tmp_path):
+def test_each_rank_draws_its_own_reproducible_dropout(corpus, tmp_path, spawn):
     def draws(run: str) -> list[torch.Tensor]:
-        out = tmp_path / run
-        out.mkdir()
+        out = fresh_dir(tmp_path / run)
         L.seed_everything(0)
         dm = TextDataModule(path=str(corpus), sha256=None, block_size=BLOCK, batch_size=4, seed=0)
         model = LitGPT(dm.tokenizer.chars, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16, dropout=0.2)
@@ -235,7 +314,7 @@ def test_each_rank_draws_its_own_reproducible_dropout(corpus, tmp_path):
         trainer.fit(model, datamodule=dm)
         return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
 
-    first, again = draws("a"), draws("b")
+    first, again = spawn(lambda: draws("a")), spawn(lambda: draws("b"))
     assert not torch.equal(first[0], first[1])  # different masks on different ranks
     assert all(torch.equal(a, b) for a, b in zip(first, again))  # and the same ones from the same seed
 
@@ -254,14 +333,13 @@ class RecordBatches(L.Callback):
 
 
 @pytest.mark.slow
-def test_ddp_resume_goes_on_with_each_ranks_own_windows(corpus, tmp_path):
+def test_ddp_resume_goes_on_with_each_ranks_own_windows(corpus, tmp_path, spawn):
     """The checkpoint holds rank 0's loader state only; after resuming, every rank must draw the
     windows it would have drawn without the interruption (not rank 0's: that would halve the batch)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     def fit(name: str, steps: int, ckpt_path: Path | None = None) -> list[list[torch.Tensor]]:
-        out = tmp_path / name
-        out.mkdir()
+        out = fresh_dir(tmp_path / name)
         L.seed_everything(0)
         dm = TextDataModule(path=str(corpus), sha256=None, block_size=BLOCK, batch_size=4, seed=0)
         model = LitGPT(dm.tokenizer.chars, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
@@ -271,9 +349,9 @@ def test_ddp_resume_goes_on_with_each_ranks_own_windows(corpus, tmp_path):
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
         return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
 
-    straight = fit("straight", 6)
-    fit("first", 3)
-    resumed = fit("resumed", 6, ckpt_path=tmp_path / "first" / "last.ckpt")
+    straight = spawn(lambda: fit("straight", 6))
+    spawn(lambda: fit("first", 3))
+    resumed = spawn(lambda: fit("resumed", 6, ckpt_path=tmp_path / "first" / "last.ckpt"))
     for rank in (0, 1):
         assert len(resumed[rank]) == 3
         assert all(torch.equal(a, b) for a, b in zip(straight[rank][3:], resumed[rank])), rank

@@ -5,11 +5,15 @@ the module reduces the val loss over ranks. What is left is the launch: Lightnin
 `fsdp`) start the other processes of a node by re-running the command line, which cannot work
 inside a Hydra multirun (each child would start a sweep of its own), so such a sweep is refused
 before anything runs; and the batch that one optimizer step sees is stated, because with
-several processes it is no longer `data.batch_size`.
+several processes it is no longer `data.batch_size`. Each single-node launch also gets a port of
+its own for the processes to meet on (see `choose_main_port`).
 """
 
 from __future__ import annotations
 
+import os
+import random
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,8 @@ from lit_gpt_char.errors import LaunchError, in_multirun
 
 # Start methods that do not re-run the command line (torch.multiprocessing instead).
 SPAWNED = ("spawn", "fork", "notebook")
+# A MASTER_PORT the user gave (or the launcher that started this process): never replaced.
+_GIVEN_PORT = "MASTER_PORT" in os.environ
 
 
 def _count_devices(devices: Any, accelerator: str) -> int:
@@ -50,13 +56,6 @@ def relaunches_command(trainer_cfg: Mapping) -> bool:
     process, unless a cluster manager (SLURM, torchrun, MPI, LSF) started every process itself.
     `strategy=auto` with several devices is DDP too. The spawn/fork variants are not.
     """
-    from lightning.fabric.plugins.environments import (
-        LSFEnvironment,
-        MPIEnvironment,
-        SLURMEnvironment,
-        TorchElasticEnvironment,
-    )
-
     strategy = trainer_cfg.get("strategy", "auto")
     if isinstance(strategy, str):
         spawned = any(s in strategy for s in SPAWNED)
@@ -67,8 +66,60 @@ def relaunches_command(trainer_cfg: Mapping) -> bool:
     devices = _count_devices(trainer_cfg.get("devices", "auto"), str(trainer_cfg.get("accelerator", "auto")))
     if devices * int(trainer_cfg.get("num_nodes", 1) or 1) <= 1:
         return False
-    started_externally = (SLURMEnvironment, TorchElasticEnvironment, MPIEnvironment, LSFEnvironment)
-    return not any(env.detect() for env in started_externally)
+    return not _started_externally()
+
+
+def _started_externally() -> bool:
+    from lightning.fabric.plugins.environments import (
+        LSFEnvironment,
+        MPIEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    return any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, MPIEnvironment, LSFEnvironment))
+
+
+def free_port_below_ephemeral(low: int = 20_000) -> int | None:
+    """A free TCP port between `low` and the start of the kernel's ephemeral range; None if none is found."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            high = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        high = 32_768  # Linux's default; elsewhere the range differs, and a wrong guess costs only the race below
+    if high <= low:
+        return None
+    rng = random.SystemRandom()  # not `random`: seed_everything would give every run the same port
+    for _ in range(50):
+        port = rng.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        return port
+    return None
+
+
+def choose_main_port(trainer_cfg: Mapping) -> None:
+    """Give a multi-process run on this machine a fresh MASTER_PORT outside the ephemeral range.
+
+    Lightning otherwise takes a port the kernel hands out for outgoing connections (a bind to port
+    0) and keeps it in the environment for the rest of the process. Both invite races on one
+    machine: a rank retrying to reach rank 0's store before it listens can be given that very port
+    as its own source port and connect to itself (TCP simultaneous open), and the next job of a
+    ddp_spawn sweep re-binds the port while the last job's sockets are still closing. A
+    MASTER_PORT set before this process started is kept, as are the ports of processes that a
+    launcher (Lightning, SLURM, torchrun, MPI, LSF) started.
+    """
+    if _GIVEN_PORT or "LOCAL_RANK" in os.environ or int(trainer_cfg.get("num_nodes", 1) or 1) != 1:
+        return
+    devices = _count_devices(trainer_cfg.get("devices", "auto"), str(trainer_cfg.get("accelerator", "auto")))
+    if devices <= 1 or trainer_cfg.get("strategy") in ("single_device", "dp") or _started_externally():
+        return
+    port = free_port_below_ephemeral()
+    if port is not None:
+        os.environ["MASTER_PORT"] = str(port)
 
 
 def check_launch(cfg: DictConfig) -> None:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_gpt_char.checkpoint import safe_load
 from lit_gpt_char.config import print_config_tree
-from lit_gpt_char.distributed import best_model_score, check_launch, effective_batch
+from lit_gpt_char.distributed import best_model_score, check_launch, choose_main_port, effective_batch
 from lit_gpt_char.errors import UserError, user_errors
 from lit_gpt_char.job_status import record_status
 from lit_gpt_char.tokenizer import CharTokenizer
@@ -106,6 +106,7 @@ def train(cfg: DictConfig) -> float | None:
             # A resumed run drops what a killed run logged after its last checkpoint: no duplicate steps.
             tb = resume is not None and c._target_.endswith("TensorBoardLogger")
             loggers.append(hydra.utils.instantiate(c, **({"purge_step": resume["global_step"]} if tb else {})))
+    choose_main_port(cfg.trainer)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         log.info(effective_batch(trainer, cfg.data.batch_size, cfg.model.block_size))
