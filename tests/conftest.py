@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import lit_gpt_char.config  # noqa: F401  (registers the ${fast_precision:} resolver the configs use)
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_CORPUS = Path(os.environ.get("LIT_GPT_CHAR_DATA_DIR", REPO / "data")) / "tinyshakespeare.txt"
 

@@ -77,3 +77,27 @@ def test_nanogpt_experiment():
     o = cfg.optim
     assert (o.lr, o.min_lr, o.warmup_steps, list(o.betas), o.weight_decay) == (1e-3, 1e-4, 100, [0.9, 0.99], 0.1)
     assert (cfg.trainer.gradient_clip_val, cfg.trainer.val_check_interval, cfg.trainer.max_steps) == (1.0, 250, 5000)
+
+
+@pytest.mark.parametrize(
+    "cuda, cuda_bf16, cpu_bf16, amx, accelerator, expected",
+    [
+        (False, False, False, False, "cpu", "32-true"),    # AVX2: bf16 emulated, ~10x slower than float32
+        (False, False, True, False, "cpu", "bf16-mixed"),  # AVX512-BF16
+        (False, False, False, True, "auto", "bf16-mixed"),  # AMX
+        (True, True, False, False, "gpu", "bf16-mixed"),   # Ampere+
+        (True, False, False, False, "auto", "16-mixed"),   # older GPUs
+        (True, True, False, False, "cpu", "32-true"),      # a GPU is there, but the run is on the CPU
+    ],
+)
+def test_default_precision_is_the_fast_one_here(cuda, cuda_bf16, cpu_bf16, amx, accelerator, expected, monkeypatch,
+                                                tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: cuda_bf16)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    cfg = compose_train([f"trainer.accelerator={accelerator}"], tmp_path)
+    assert cfg.trainer.precision == expected
+    cfg = compose_train([f"trainer.accelerator={accelerator}", "trainer.precision=32-true"], tmp_path)
+    assert cfg.trainer.precision == "32-true"  # an explicit choice wins
