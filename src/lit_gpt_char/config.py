@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+
 def fast_precision(accelerator: str = "auto") -> str:
     """The Trainer precision that is fast on this machine's `accelerator`.
 
