@@ -22,7 +22,12 @@ from torch.multiprocessing.spawn import ProcessExitedException
 from conftest import TINY, run_cli
 from lit_gpt_char.data import TextDataModule, ValWindows
 from lit_gpt_char import distributed
-from lit_gpt_char.distributed import choose_main_port, free_port_below_ephemeral, relaunches_command
+from lit_gpt_char.distributed import (
+    choose_main_port,
+    ephemeral_ports_start,
+    free_port_below_ephemeral,
+    relaunches_command,
+)
 from lit_gpt_char.module import LitGPT
 from test_configs import compose_train
 
@@ -58,11 +63,6 @@ def test_slurm_started_processes_are_not_relaunched(monkeypatch):
 
 # --- each rank its own training windows ----------------------------------------------------------------
 # --- the port the processes meet on --------------------------------------------------------------------------
-def ephemeral_low() -> int:
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        return int(f.read().split()[0])
-
-
 def test_a_multi_process_run_gets_a_fresh_port_below_the_ephemeral_range(monkeypatch):
     monkeypatch.setattr(distributed, "_GIVEN_PORT", False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
@@ -71,7 +71,7 @@ def test_a_multi_process_run_gets_a_fresh_port_below_the_ephemeral_range(monkeyp
     # What Lightning left from the last job of a sweep is replaced, not reused.
     monkeypatch.setenv("MASTER_PORT", "1")
     choose_main_port({"strategy": "ddp_spawn", "devices": 2, "accelerator": "cpu"})
-    assert 20_000 <= int(os.environ["MASTER_PORT"]) < ephemeral_low()
+    assert 20_000 <= int(os.environ["MASTER_PORT"]) < ephemeral_ports_start()
 
     for single in ({"strategy": "auto", "devices": 1, "accelerator": "cpu"},
                    {"strategy": "ddp", "devices": 1, "accelerator": "cpu"},
@@ -98,7 +98,7 @@ def test_a_given_or_inherited_port_is_kept(given, monkeypatch):
 
 def test_free_port_below_ephemeral_is_free():
     port = free_port_below_ephemeral()
-    assert port is not None and 20_000 <= port < ephemeral_low()
+    assert port is not None and 20_000 <= port < ephemeral_ports_start()
     with socket.socket() as s:
         s.bind(("", port))
 

@@ -78,6 +78,8 @@ def test_interrupt_saves_last_checkpoint(tmp_path, corpus, sig, code):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == code, out[-2000:]
     assert "Resume with the same command plus: ckpt_path=" in out
+    if sig == signal.SIGINT:  # Ctrl-C waits for the end of the batch, as SIGTERM does
+        assert "Ctrl-C: stopping after this batch" in out, out[-2000:]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] >= 20  # the interrupt may land while step 20 is still being saved
 

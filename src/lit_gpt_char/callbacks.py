@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -31,8 +34,41 @@ class SaveOnInterrupt(L.Callback):
     """On Ctrl-C or SIGTERM (pre-emption), save last.ckpt and say how to resume.
 
     Lightning turns SIGTERM into an exception at the next step boundary, so that checkpoint
-    resumes exactly; Ctrl-C stops wherever Python is, at worst inside the step it saves.
+    resumes exactly. In a single-process run Ctrl-C does the same: the first one stops after
+    the current training (or validation) batch, never in the middle of a checkpoint write or a
+    logger's locked queue, where the shutdown could hang; a second one stops at once. Across
+    several processes a Ctrl-C stops each wherever it is (the ranks could not agree on a step).
     """
+
+    def __init__(self) -> None:
+        self._previous_handler = None
+        self._stop_requested = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+            self._stop_requested = False
+            self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+
+    def _request_stop(self, signum: int, frame) -> None:
+        self._stop_requested = True
+        signal.signal(signal.SIGINT, self._previous_handler)  # a second Ctrl-C: KeyboardInterrupt at once
+        print("\nCtrl-C: stopping after this batch (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def _stop_if_requested(self) -> None:
+        if self._stop_requested:
+            self._stop_requested = False
+            raise KeyboardInterrupt  # Lightning's Ctrl-C path: on_exception below, then exit 1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop_if_requested()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop_if_requested()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):

@@ -80,13 +80,18 @@ def _started_externally() -> bool:
     return any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, MPIEnvironment, LSFEnvironment))
 
 
-def free_port_below_ephemeral(low: int = 20_000) -> int | None:
-    """A free TCP port between `low` and the start of the kernel's ephemeral range; None if none is found."""
+def ephemeral_ports_start() -> int:
+    """The first port the kernel hands out for outgoing connections."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            high = int(f.read().split()[0])
+            return int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
-        high = 32_768  # Linux's default; elsewhere the range differs, and a wrong guess costs only the race below
+        return 32_768  # Linux's default; elsewhere the range differs, and a wrong guess costs only a rare race
+
+
+def free_port_below_ephemeral(low: int = 20_000) -> int | None:
+    """A free TCP port between `low` and the start of the kernel's ephemeral range; None if none is found."""
+    high = ephemeral_ports_start()
     if high <= low:
         return None
     rng = random.SystemRandom()  # not `random`: seed_everything would give every run the same port
