@@ -61,7 +61,6 @@ def test_slurm_started_processes_are_not_relaunched(monkeypatch):
     assert not relaunches_command({"strategy": "ddp", "devices": 4, "accelerator": "gpu"})
 
 
-# --- each rank its own training windows ----------------------------------------------------------------
 # --- the port the processes meet on --------------------------------------------------------------------------
 def test_a_multi_process_run_gets_a_fresh_port_below_the_ephemeral_range(monkeypatch):
     monkeypatch.setattr(distributed, "_GIVEN_PORT", False)
@@ -103,6 +102,7 @@ def test_free_port_below_ephemeral_is_free():
         s.bind(("", port))
 
 
+# --- each rank its own training windows ----------------------------------------------------------------
 def test_each_rank_draws_its_own_reproducible_windows(corpus):
     def first_batch(rank: int) -> torch.Tensor:
         dm = TextDataModule(path=str(corpus), sha256=None, block_size=32, batch_size=8, seed=7)
