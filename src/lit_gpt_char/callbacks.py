@@ -66,11 +66,16 @@ class SaveOnInterrupt(L.Callback):
         self._stop_if_requested()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
+        """Give SIGINT back, also when fit ends in an exception (Lightning then skips teardown)."""
         if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handler()
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
         path = last_checkpoint_path(trainer)
