@@ -1,13 +1,12 @@
 """The benchmark runs and prints valid JSON (its numbers are measured elsewhere, not asserted)."""
 
 import json
+import math
 
 import pytest
-
-from conftest import REPO, run_cli
+from helpers import BASELINE, run_cli
 
 pytestmark = pytest.mark.slow
-BASELINE = REPO.parent / "shared" / "bench" / "baseline.py"
 SMALL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "data.batch_size=4"]
 
 
@@ -20,10 +19,21 @@ def test_bench_train_json(corpus):
     r = run_cli("bench", *SMALL, f"data.path={corpus}", "steps=4", "warmup_steps=1", *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     out = last_json(r.stdout)
-    for key in ("tokens_per_s", "ms_per_step", "params", "precision", "compile", "device", "peak_rss_mb", "mfu",
-                "plain_loop_ms_per_step", "lightning_overhead"):
+    for key in (
+        "tokens_per_s",
+        "ms_per_step",
+        "params",
+        "precision",
+        "compile",
+        "device",
+        "peak_rss_mb",
+        "mfu",
+        "plain_loop_ms_per_step",
+        "lightning_overhead",
+    ):
         assert key in out, key
-    assert out["tokens_per_s"] > 0 and 0 < out["mfu"] < 1
+    # MFU is over a peak this command measures itself: it can come out above 1 (a peak measured low).
+    assert out["tokens_per_s"] > 0 and out["mfu"] > 0 and math.isfinite(out["mfu"])
     if extra:
         assert out["speedup_vs_baseline"] > 0
 

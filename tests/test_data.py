@@ -1,12 +1,15 @@
 import pytest
 import torch
 
-from lit_gpt_char.data import SHAKESPEARE_SHA256, RandomWindows, TextDataModule, ValWindows, ensure_corpus
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.training.data import DataConfig, RandomWindows, TextDataModule, ValWindows, ensure_corpus
+
+SHAKESPEARE_SHA256 = DataConfig().sha256
 
 
 def test_real_corpus_split_sizes(real_corpus, tmp_path):
     dm = TextDataModule(data_dir=str(real_corpus.parent), block_size=256, tokenizer_path=str(tmp_path / "tok.json"))
+    assert dm.cfg == DataConfig()  # the defaults are Tiny Shakespeare's
     dm.prepare_data()
     dm.setup("fit")
     assert (len(dm.train_data), len(dm.val_data)) == (1_003_854, 111_540)
@@ -75,7 +78,7 @@ def test_val_max_batches_caps_windows():
 
 def test_checksum_mismatch_names_file_and_fix(tmp_path):
     (tmp_path / "tinyshakespeare.txt").write_text("not shakespeare")
-    with pytest.raises(UserError, match="checksum mismatch.*delete it to download it again"):
+    with pytest.raises(UserError, match=r"checksum mismatch.*delete it to download it again"):
         ensure_corpus(None, tmp_path, "tinyshakespeare.txt", "http://127.0.0.1:9/x", SHAKESPEARE_SHA256)
 
 
@@ -88,7 +91,7 @@ def test_offline_error_says_where_to_put_the_file(tmp_path):
 
 
 def test_own_text_file(tmp_path, corpus):
-    dm = TextDataModule(path=str(corpus), block_size=32)
+    dm = TextDataModule({"path": str(corpus)}, block_size=32)
     dm.setup()
     assert dm.tokenizer.chars == sorted(set(corpus.read_text()))
     assert len(dm.train_data) + len(dm.val_data) == len(corpus.read_text())
@@ -105,15 +108,22 @@ def test_own_text_file(tmp_path, corpus):
 def test_bad_corpus_files(tmp_path, content, message):
     (tmp_path / "c.txt").write_bytes(content)
     with pytest.raises(UserError, match=message):
-        TextDataModule(path=str(tmp_path / "c.txt"), block_size=32).setup()
+        TextDataModule({"path": str(tmp_path / "c.txt")}, block_size=32).setup()
 
 
 def test_missing_path(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        TextDataModule(path=str(tmp_path / "nope.txt")).prepare_data()
+        TextDataModule({"path": str(tmp_path / "nope.txt")}).prepare_data()
 
 
-@pytest.mark.parametrize("kw, message", [({"batch_size": 0}, "data.batch_size"), ({"block_size": -3}, "model.block_size")])
-def test_bad_sizes(kw, message):
+@pytest.mark.parametrize(
+    "data, block_size, message", [({"batch_size": 0}, 8, "data.batch_size=0"), ({}, -3, "model.block_size=-3")]
+)
+def test_bad_sizes(data, block_size, message):
     with pytest.raises(UserError, match=message):
-        TextDataModule(**kw)
+        TextDataModule(data, block_size=block_size)
+
+
+def test_text_without_a_path_says_data_path_is_required(tmp_path):
+    with pytest.raises(UserError, match=r"data\.path is required"):
+        ensure_corpus(None, tmp_path, "tinyshakespeare.txt", None, None)

@@ -16,20 +16,19 @@ import hydra
 import lightning as L
 import pytest
 import torch
+from helpers import TINY, compose_hydra, compose_train, run_cli
 from omegaconf import OmegaConf
 from torch.multiprocessing.spawn import ProcessExitedException
 
-from conftest import TINY, run_cli
-from lit_gpt_char.data import TextDataModule, ValWindows
-from lit_gpt_char import distributed
-from lit_gpt_char.distributed import (
+from lit_gpt_char.training import distributed
+from lit_gpt_char.training.data import TextDataModule, ValWindows
+from lit_gpt_char.training.distributed import (
     choose_main_port,
     ephemeral_ports_start,
     free_port_below_ephemeral,
     relaunches_command,
 )
-from lit_gpt_char.module import LitGPT
-from test_configs import compose_train
+from lit_gpt_char.training.module import LitGPT
 
 DDP2 = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
@@ -39,13 +38,22 @@ DDP2 = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     "trainer, relaunches",
     [
         ({"strategy": "ddp", "devices": 2, "accelerator": "cpu"}, True),
-        ({"strategy": "auto", "devices": 2, "accelerator": "cpu"}, True),   # auto with 2 devices is ddp
+        ({"strategy": "auto", "devices": 2, "accelerator": "cpu"}, True),  # auto with 2 devices is ddp
         ({"strategy": "ddp", "devices": "0,1", "accelerator": "gpu"}, True),
         ({"strategy": "ddp", "devices": 1, "num_nodes": 2, "accelerator": "gpu"}, True),
         ({"strategy": "ddp", "devices": 1, "accelerator": "cpu"}, False),
         ({"strategy": "ddp_spawn", "devices": 2, "accelerator": "cpu"}, False),
-        ({"strategy": {"_target_": "lightning.pytorch.strategies.DDPStrategy", "start_method": "spawn"}, "devices": 2}, False),
-        ({"strategy": {"_target_": "lightning.pytorch.strategies.FSDPStrategy"}, "devices": 4, "accelerator": "gpu"}, True),
+        (
+            {
+                "strategy": {"_target_": "lightning.pytorch.strategies.DDPStrategy", "start_method": "spawn"},
+                "devices": 2,
+            },
+            False,
+        ),
+        (
+            {"strategy": {"_target_": "lightning.pytorch.strategies.FSDPStrategy"}, "devices": 4, "accelerator": "gpu"},
+            True,
+        ),
     ],
 )
 def test_which_strategies_relaunch_the_command(trainer, relaunches, monkeypatch):
@@ -72,9 +80,11 @@ def test_a_multi_process_run_gets_a_fresh_port_below_the_ephemeral_range(monkeyp
     choose_main_port({"strategy": "ddp_spawn", "devices": 2, "accelerator": "cpu"})
     assert 20_000 <= int(os.environ["MASTER_PORT"]) < ephemeral_ports_start()
 
-    for single in ({"strategy": "auto", "devices": 1, "accelerator": "cpu"},
-                   {"strategy": "ddp", "devices": 1, "accelerator": "cpu"},
-                   {"strategy": "ddp", "devices": 2, "num_nodes": 2, "accelerator": "gpu"}):
+    for single in (
+        {"strategy": "auto", "devices": 1, "accelerator": "cpu"},
+        {"strategy": "ddp", "devices": 1, "accelerator": "cpu"},
+        {"strategy": "ddp", "devices": 2, "num_nodes": 2, "accelerator": "gpu"},
+    ):
         monkeypatch.setenv("MASTER_PORT", "1")
         choose_main_port(single)
         assert os.environ["MASTER_PORT"] == "1", single
@@ -105,7 +115,7 @@ def test_free_port_below_ephemeral_is_free():
 # --- each rank its own training windows ----------------------------------------------------------------
 def test_each_rank_draws_its_own_reproducible_windows(corpus):
     def first_batch(rank: int) -> torch.Tensor:
-        dm = TextDataModule(path=str(corpus), sha256=None, block_size=32, batch_size=8, seed=7)
+        dm = TextDataModule({"path": str(corpus), "batch_size": 8}, block_size=32, seed=7)
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
         dm.setup("fit")
         return next(iter(dm.train_dataloader()))[0]
@@ -121,7 +131,7 @@ def test_fsdp_config_builds_a_block_wrapped_full_checkpoint_strategy(tmp_path):
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    from lit_gpt_char.model import Block
+    from lit_gpt_char.core.model import Block
 
     cfg = compose_train(["trainer=fsdp", "trainer.devices=2"], tmp_path)
     strategy = hydra.utils.instantiate(cfg.trainer.strategy)
@@ -139,7 +149,7 @@ def test_generate_samples_stands_aside_under_fsdp():
     """Sampling on rank 0 alone would hang on sharded weights: the callback warns once and skips."""
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from lit_gpt_char.callbacks import GenerateSamples
+    from lit_gpt_char.training.callbacks import GenerateSamples
 
     trainer = SimpleNamespace(strategy=FSDPStrategy(), global_step=10, is_global_zero=True)
     callback = GenerateSamples(every_n_steps=5)
@@ -181,13 +191,25 @@ def fresh_dir(path: Path) -> Path:
 
 def fit(corpus: Path, root: Path, devices: int, batch_size: int, strategy: str) -> tuple[L.Trainer, LitGPT]:
     L.seed_everything(0)
-    dm = TextDataModule(path=str(corpus), sha256=None, block_size=BLOCK, batch_size=batch_size, seed=0)
-    model = LitGPT(dm.tokenizer.chars, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
-                   optim={"lr": 3e-3, "warmup_steps": 5, "decay_steps": STEPS})
+    dm = TextDataModule({"path": str(corpus), "batch_size": batch_size}, block_size=BLOCK, seed=0)
+    model = LitGPT(
+        dm.tokenizer.chars,
+        {"block_size": BLOCK, "n_layer": 2, "n_head": 2, "n_embd": 32},
+        {"lr": 3e-3, "warmup_steps": 5, "decay_steps": STEPS},
+    )
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, precision="32-true", max_steps=STEPS,
-        val_check_interval=STEPS, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        precision="32-true",
+        max_steps=STEPS,
+        val_check_interval=STEPS,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
     )
     trainer.fit(model, datamodule=dm)
     return trainer, model
@@ -214,7 +236,7 @@ def test_ddp_spawn_validates_whole_split_and_matches_one_process(corpus, tmp_pat
 
     # The 2-rank val loss is the single-process loss of rank 0's final weights over the whole split:
     # each window scored once, and the ranks' sums combined per character.
-    dm = TextDataModule(path=str(corpus), sha256=None, block_size=BLOCK, batch_size=BATCH)
+    dm = TextDataModule({"path": str(corpus), "batch_size": BATCH}, block_size=BLOCK)
     dm.setup("fit")
     whole = val_loss(model, ValWindows(dm.val_data, BLOCK, 64))
     assert two_loss == pytest.approx(whole, abs=1e-4)
@@ -226,8 +248,16 @@ def test_ddp_spawn_validates_whole_split_and_matches_one_process(corpus, tmp_pat
 @pytest.mark.slow
 def test_ddp_cli_run_one_run_dir_rank_zero_output_and_sampling(tmp_path, corpus):
     log_dir = tmp_path / "outputs"
-    r = run_cli("train", *TINY, *DDP2, "data.batch_size=8", f"data.path={corpus}", "trainer.max_steps=40",
-                "trainer.val_check_interval=20", env={"LIT_GPT_CHAR_LOG_DIR": str(log_dir)})
+    r = run_cli(
+        "train",
+        *TINY,
+        *DDP2,
+        "data.batch_size=8",
+        f"data.path={corpus}",
+        "trainer.max_steps=40",
+        "trainer.val_check_interval=20",
+        env={"LIT_GPT_CHAR_LOG_DIR": str(log_dir)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     assert "Starting with 2 processes" in out and "distributed_backend=gloo" in out
@@ -254,8 +284,17 @@ def test_ddp_cli_run_one_run_dir_rank_zero_output_and_sampling(tmp_path, corpus)
 @pytest.mark.slow
 def test_multirun_with_plain_ddp_fails_early_with_advice(tmp_path, corpus):
     sweep = tmp_path / "sweep"
-    r = run_cli("train", "-m", *TINY, *DDP2, f"data.path={corpus}", "trainer.max_steps=5", "model.n_layer=1,2",
-                f"hydra.sweep.dir={sweep}", timeout=120)
+    r = run_cli(
+        "train",
+        "-m",
+        *TINY,
+        *DDP2,
+        f"data.path={corpus}",
+        "trainer.max_steps=5",
+        "model.n_layer=1,2",
+        f"hydra.sweep.dir={sweep}",
+        timeout=120,
+    )
     assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
     assert "Traceback" not in r.stderr
     msg = re.search(r"error: (.*)", r.stderr).group(1)
@@ -267,23 +306,35 @@ def test_multirun_with_plain_ddp_fails_early_with_advice(tmp_path, corpus):
 def test_multirun_with_ddp_spawn(tmp_path, corpus):
     """What the error above advises: a local sweep of 2-process jobs."""
     sweep = tmp_path / "sweep"
-    r = run_cli("train", "-m", *TINY, "trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2",
-                f"data.path={corpus}", "trainer.max_steps=10", "trainer.val_check_interval=5",
-                "data.val_max_batches=2", "model.n_layer=1,2", f"hydra.sweep.dir={sweep}", timeout=240)
+    r = run_cli(
+        "train",
+        "-m",
+        *TINY,
+        "trainer=ddp_spawn",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"data.path={corpus}",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=5",
+        "data.val_max_batches=2",
+        "model.n_layer=1,2",
+        f"hydra.sweep.dir={sweep}",
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     for job in ("0", "1"):
         status = json.loads((sweep / job / "status.json").read_text())
         assert status["status"] == "completed"
         # The best score stays in the worker under ddp_spawn; it is read back from the best checkpoint.
         (best,) = (sweep / job / "checkpoints").glob("best-*.ckpt")
-        assert status["best_val_loss"] == pytest.approx(float(re.search(r"val(\d+\.\d+)", best.name).group(1)), abs=1e-4)
+        assert status["best_val_loss"] == pytest.approx(
+            float(re.search(r"val(\d+\.\d+)", best.name).group(1)), abs=1e-4
+        )
 
 
 def test_slurm_launcher_asks_for_one_task_per_gpu_on_every_node():
-    from test_sweeps import _compose
-
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    cfg = _compose(["launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
+    cfg = compose_hydra(["launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert (launcher["nodes"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (2, 4, 4)
 
@@ -306,11 +357,23 @@ def test_each_rank_draws_its_own_reproducible_dropout(corpus, tmp_path, spawn):
     def draws(run: str) -> list[torch.Tensor]:
         out = fresh_dir(tmp_path / run)
         L.seed_everything(0)
-        dm = TextDataModule(path=str(corpus), sha256=None, block_size=BLOCK, batch_size=4, seed=0)
-        model = LitGPT(dm.tokenizer.chars, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16, dropout=0.2)
-        trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, limit_val_batches=0,
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, callbacks=[RecordDropoutStream(out)], default_root_dir=out)
+        dm = TextDataModule({"path": str(corpus), "batch_size": 4}, block_size=BLOCK, seed=0)
+        model = LitGPT(
+            dm.tokenizer.chars, {"block_size": BLOCK, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.2}
+        )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=2,
+            strategy="ddp_spawn",
+            max_steps=2,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[RecordDropoutStream(out)],
+            default_root_dir=out,
+        )
         trainer.fit(model, datamodule=dm)
         return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
 
@@ -341,11 +404,20 @@ def test_ddp_resume_goes_on_with_each_ranks_own_windows(corpus, tmp_path, spawn)
     def fit(name: str, steps: int, ckpt_path: Path | None = None) -> list[list[torch.Tensor]]:
         out = fresh_dir(tmp_path / name)
         L.seed_everything(0)
-        dm = TextDataModule(path=str(corpus), sha256=None, block_size=BLOCK, batch_size=4, seed=0)
-        model = LitGPT(dm.tokenizer.chars, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
-        trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=steps, limit_val_batches=0,
-                            logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=out,
-                            callbacks=[RecordBatches(out), ModelCheckpoint(dirpath=out, save_last=True)])
+        dm = TextDataModule({"path": str(corpus), "batch_size": 4}, block_size=BLOCK, seed=0)
+        model = LitGPT(dm.tokenizer.chars, {"block_size": BLOCK, "n_layer": 1, "n_head": 2, "n_embd": 16})
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=2,
+            strategy="ddp_spawn",
+            max_steps=steps,
+            limit_val_batches=0,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=out,
+            callbacks=[RecordBatches(out), ModelCheckpoint(dirpath=out, save_last=True)],
+        )
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
         return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
 

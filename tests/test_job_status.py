@@ -7,8 +7,8 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from lit_gpt_char import job_status
-from lit_gpt_char.job_status import WORST, read_status, record_status, write_status
+from lit_gpt_char.results import status as job_status
+from lit_gpt_char.results.status import WORST, read_status, record_status, write_status
 
 
 def cfg_for(tmp_path):

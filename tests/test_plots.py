@@ -1,23 +1,12 @@
 """Loss plots from TensorBoard events: the smoothing, and `plot` on runs with and without val points."""
 
 import math
-import subprocess
-import sys
 
 import pytest
-from torch.utils.tensorboard import SummaryWriter
+from helpers import fake_run
 
-from lit_gpt_char import plot, plots
-
-
-def fake_run(run_dir, n_steps=50, val_every=None):
-    """A run directory with the events a training run logs: train/loss every step, val/loss sometimes."""
-    with SummaryWriter(str(run_dir / "tensorboard")) as w:
-        for step in range(n_steps):
-            w.add_scalar("train/loss", 4.0 * math.exp(-step / 20) + 1.0 + 0.05 * (-1) ** step, step)
-            if val_every and (step + 1) % val_every == 0:
-                w.add_scalar("val/loss", 4.0 * math.exp(-step / 25) + 1.2, step)
-    return run_dir
+from lit_gpt_char import plot
+from lit_gpt_char.results import plots
 
 
 def test_ema_is_debiased_and_skips_non_finite_values():
@@ -64,14 +53,12 @@ def test_plot_errors_name_the_problem(tmp_path, capsys, case):
         plot.main(args)
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and {"no tensorboard dir": "tensorboard does not exist",
-                                           "no train points": "no train/loss points",
-                                           "bad smoothing": "--smoothing"}[case] in err
-
-
-@pytest.mark.slow
-def test_plot_and_report_start_without_lightning_or_torch():
-    code = ("import sys, lit_gpt_char.plot, lit_gpt_char.report; "
-            "print(sorted(m for m in ('lightning', 'lightning_fabric', 'torch') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert (
+        err.startswith("error: ")
+        and {
+            "no tensorboard dir": "tensorboard does not exist",
+            "no train points": "no train/loss points",
+            "bad smoothing": "--smoothing",
+        }[case]
+        in err
+    )

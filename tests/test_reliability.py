@@ -1,48 +1,40 @@
 """Exact resume, interrupts, atomic checkpoints, divergence, safe loading, and bad input."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from helpers import TINY, popen_train, run_cli, run_main, scalars, wait_for_checkpoint
 
-from conftest import REPO, TINY, run_cli
-
-pytestmark = pytest.mark.slow
+from lit_gpt_char import train
 
 RESUME = [*TINY, "model.dropout=0.1", "trainer.max_steps=40", "trainer.val_check_interval=10", "data.val_max_batches=4"]
 
 
-def curve(run_dir, tag):
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
+def curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    return scalars(run_dir)[tag]
 
 
-def popen_train(*args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lit_gpt_char.train", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+class PoisonWeights(L.Callback):
+    """Turns the model's weights to NaN once `step` optimizer steps (and their validation) are done:
+    a divergence at a known point."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.fill_(float("nan"))
 
 
-def wait_for_checkpoint(path, min_step, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.is_file():
-            try:
-                if torch.load(path, weights_only=True)["global_step"] >= min_step:
-                    return
-            except Exception:
-                pass  # being replaced right now
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.02)
-    raise AssertionError("no checkpoint in time")
-
-
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path, corpus):
     straight = tmp_path / "straight"
     r = run_cli("train", *RESUME, f"data.path={corpus}", f"hydra.run.dir={straight}")
@@ -68,11 +60,18 @@ def test_resume_after_sigkill_is_exact(tmp_path, corpus):
     assert abs(va[-1][1] - vb[-1][1]) < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 1), (signal.SIGTERM, 143)])
 def test_interrupt_saves_last_checkpoint(tmp_path, corpus, sig, code):
     run = tmp_path / "run"
-    proc = popen_train(*TINY, f"data.path={corpus}", "trainer.max_steps=100000", "trainer.val_check_interval=20",
-                       "data.val_max_batches=2", f"hydra.run.dir={run}")
+    proc = popen_train(
+        *TINY,
+        f"data.path={corpus}",
+        "trainer.max_steps=100000",
+        "trainer.val_check_interval=20",
+        "data.val_max_batches=2",
+        f"hydra.run.dir={run}",
+    )
     wait_for_checkpoint(run / "checkpoints" / "last.ckpt", 20, proc)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
@@ -88,7 +87,7 @@ def test_checkpoint_write_killed_midway_leaves_previous_intact(tmp_path):
     target = tmp_path / "last.ckpt"
     script = f"""
 import sys, torch
-from lit_gpt_char.checkpoint_io import AtomicCheckpointIO
+from lit_gpt_char.training.callbacks import AtomicCheckpointIO
 io = AtomicCheckpointIO()
 io.save_checkpoint({{"global_step": 1, "w": torch.ones(3)}}, {str(target)!r})
 print("first saved", flush=True)
@@ -105,31 +104,54 @@ io.save_checkpoint({{"global_step": 2, "w": torch.ones(150_000_000)}}, {str(targ
     assert torch.load(target, weights_only=True)["global_step"] == 1
 
 
-def test_nonfinite_loss_stops_with_step_and_last_good_checkpoint(tmp_path, corpus):
+def test_nonfinite_loss_stops_with_step_and_last_good_checkpoint(tmp_path, corpus, capsys):
+    """Weights go NaN after step 6: the run stops at the next step, names the last good checkpoint,
+    and no checkpoint saved holds a NaN."""
     run = tmp_path / "run"
-    r = run_cli("train", *TINY, f"data.path={corpus}", "optim.lr=1e6", "optim.warmup_steps=0",
-                "trainer.gradient_clip_val=null", "trainer.max_steps=200", "trainer.val_check_interval=2",
-                "data.val_max_batches=1", f"hydra.run.dir={run}")
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert "training loss is nan" in r.stderr or "training loss is inf" in r.stderr, r.stderr[-2000:]
-    assert "at step" in r.stderr and "Traceback" not in r.stderr
-    for p in (run / "checkpoints").glob("best-*.ckpt"):
-        sd = torch.load(p, weights_only=True)["state_dict"]
-        assert all(torch.isfinite(v).all() for v in sd.values())
+    code = run_main(
+        train.main,
+        *TINY,
+        f"data.path={corpus}",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=2",
+        "data.val_max_batches=1",
+        f"hydra.run.dir={run}",
+        f"+callbacks.poison._target_={__name__}.PoisonWeights",
+        "+callbacks.poison.step=6",
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "training loss is nan at step 7" in err and "Traceback" not in err, err[-2000:]
+    assert f"the last good checkpoint is {run / 'checkpoints' / 'last.ckpt'}" in err
+    best = list((run / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1 and "step000006" in best[0].name  # the last validation before the NaN
+    for p in [*best, run / "checkpoints" / "last.ckpt"]:
+        ckpt = torch.load(p, weights_only=True)
+        assert ckpt["global_step"] == 6 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_is_refused_and_never_runs(tmp_path, corpus):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
-    subprocess.run([sys.executable, "-c", f"""
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import os, torch
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch {marker}",))
 torch.save({{"state_dict": {{}}, "payload": Evil()}}, {str(evil)!r})
-"""], check=True)
-    for module, args in (("train", [*TINY, f"data.path={corpus}", f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / 'r'}"]),
-                         ("sample", [f"ckpt={evil}"])):
+""",
+        ],
+        check=True,
+    )
+    for module, args in (
+        ("train", [*TINY, f"data.path={corpus}", f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / 'r'}"]),
+        ("sample", [f"ckpt={evil}"]),
+    ):
         r = run_cli(module, *args)
         assert r.returncode == 2, r.stderr[-2000:]
         assert "refused to load" in r.stderr and "Traceback" not in r.stderr
@@ -137,7 +159,7 @@ torch.save({{"state_dict": {{}}, "payload": Evil()}}, {str(evil)!r})
 
 
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory, trained_run):
+def bad(tmp_path_factory):
     d = tmp_path_factory.mktemp("badinput")
     (d / "empty.txt").write_text("")
     (d / "latin1.txt").write_bytes("Cæsar, hélas! ".encode("latin-1") * 500)
@@ -148,27 +170,35 @@ def bad(tmp_path_factory, trained_run):
 
 
 BAD = [
-    (["data.path={d}/missing.txt"], "does not exist"),
+    (["data.path={d}/missing.txt"], "data.path={d}/missing.txt: does not exist"),
     (["data.path={d}/empty.txt"], "is empty"),
     (["data.path={d}/latin1.txt"], "is not UTF-8"),
     (["data.path={d}/short.txt"], "fewer than one window"),
     (["data.path=null", "paths.data_dir={d}"], "checksum mismatch"),
-    (["model.n_embd=30", "model.n_head=4"], "model.n_embd=30 must be divisible by model.n_head=4"),
-    (["model.n_layer=0"], "model.n_layer must be a positive integer"),
-    (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
-    (["data.batch_size=0"], "data.batch_size must be a positive integer"),
-    (["model.block_size=-8"], "model.block_size must be a positive integer"),
     (["data.path={d}/other_vocab.txt", "ckpt_path={run}/checkpoints/last.ckpt"], "vocabulary of"),
     (["ckpt_path={d}/nope.ckpt"], "does not exist"),
-    (["experiment=nonexistent"], "Could not find 'experiment/nonexistent'"),
 ]
 
 
-@pytest.mark.parametrize("args, message", BAD, ids=[m for _, m in BAD])
-def test_bad_training_input_is_explained_without_traceback(args, message, bad, trained_run, corpus, tmp_path):
-    argv = [f"data.path={corpus}", *TINY, "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'r'}"]
-    argv += [a.format(d=bad, run=trained_run) for a in args]
-    r = run_cli("train", *argv)
-    assert r.returncode != 0
-    assert message in r.stderr, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
+@pytest.mark.parametrize("args, message", BAD, ids=[m.split("}")[-1] for _, m in BAD])
+def test_bad_training_input_is_explained_without_traceback(args, message, bad, trained_run, corpus, tmp_path, capsys):
+    argv = [
+        f"data.path={corpus}",
+        *TINY,
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    ]
+    code = run_main(train.main, *argv, *[a.format(d=bad, run=trained_run) for a in args])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and message.format(d=bad) in errors[0], err[-2000:]
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_bad_input_from_the_real_command_line(tmp_path):
+    """The real CLI: exit status 2, one line on stderr, nothing on stdout."""
+    r = run_cli("train", "model.n_layer=abc", f"hydra.run.dir={tmp_path / 'r'}")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == "error: model.n_layer=abc: must be an integer in [1, 1024]"

@@ -4,11 +4,11 @@ import csv
 import os
 import socket
 
+from helpers import fake_run
 from rich.console import Console
 
 from lit_gpt_char import report
-from lit_gpt_char.job_status import write_status
-from test_plots import fake_run
+from lit_gpt_char.results.status import write_status
 
 
 def fake_job(sweep, name, overrides, status=None, **events):
@@ -18,8 +18,15 @@ def fake_job(sweep, name, overrides, status=None, **events):
     if events:
         fake_run(job, **events)
     if status:
-        write_status(job, status, started=0.0, ended=None if status == "running" else 90.0, pid=os.getpid(),
-                     host=socket.gethostname(), error="RuntimeError: boom" if status == "failed" else None)
+        write_status(
+            job,
+            status,
+            started=0.0,
+            ended=None if status == "running" else 90.0,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            error="RuntimeError: boom" if status == "failed" else None,
+        )
     return job
 
 
@@ -45,6 +52,10 @@ def test_report_on_a_running_sweep_with_a_failed_job(tmp_path):
     with open(sweep / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [
-        ("0", "1e-3", "completed"), ("1", "3e-3", "running"), ("2", "1e-2", "failed"), ("10", "3e-2", "unknown")]
+        ("0", "1e-3", "completed"),
+        ("1", "3e-3", "running"),
+        ("2", "1e-2", "failed"),
+        ("10", "3e-2", "unknown"),
+    ]
     assert rows[2]["best_val_loss"] == "" and rows[2]["error"] == "RuntimeError: boom"
     assert (sweep / "val_loss_all.png").stat().st_size > 10_000

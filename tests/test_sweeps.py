@@ -5,12 +5,10 @@ import math
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from helpers import TINY, compose_hydra, run_cli
 from omegaconf import OmegaConf
 
-from conftest import TINY, run_cli
-from lit_gpt_char.job_status import read_status
+from lit_gpt_char.results.status import read_status
 
 # Tiny and short: 10 steps, validated at steps 5 and 10 on 2 batches.
 SHORT = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5", "data.val_max_batches=2"]
@@ -19,8 +17,15 @@ SHORT = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5", "data.va
 @pytest.fixture(scope="module")
 def grid_sweep(tmp_path_factory, corpus) -> Path:
     sweep = tmp_path_factory.mktemp("grid") / "sweep"
-    r = run_cli("train", "-m", *SHORT, f"data.path={corpus}", "model.n_layer=1,2", "optim.lr=1e-3,3e-3",
-                f"hydra.sweep.dir={sweep}")
+    r = run_cli(
+        "train",
+        "-m",
+        *SHORT,
+        f"data.path={corpus}",
+        "model.n_layer=1,2",
+        "optim.lr=1e-3,3e-3",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return sweep
 
@@ -30,7 +35,10 @@ def test_grid_sweep_and_report(grid_sweep):
     for job in "0123":
         assert read_status(grid_sweep / job)["status"] == "completed"
         assert {p.name for p in (grid_sweep / job / "plots").iterdir()} == {
-            "train_loss.png", "val_loss.png", "train_step_loss.png"}
+            "train_loss.png",
+            "val_loss.png",
+            "train_step_loss.png",
+        }
 
     r = run_cli("report", str(grid_sweep))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -70,10 +78,21 @@ def test_optuna_sweep_survives_a_failing_trial(tmp_path, corpus):
     trials draw n_head 2, 3, 2, so the failure is in the middle and the search must go on."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "optuna"
-    fixed = [a for a in SHORT if not a.startswith(("model.n_head=", "trainer.max_steps="))]  # a fixed value beats a search
-    r = run_cli("train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=10",
-                *fixed, "trainer.max_steps=5", f"data.path={corpus}", "model.n_head=choice(2,3)",
-                f"hydra.sweep.dir={sweep}")
+    fixed = [
+        a for a in SHORT if not a.startswith(("model.n_head=", "trainer.max_steps="))
+    ]  # a fixed value beats a search
+    r = run_cli(
+        "train",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.seed=10",
+        *fixed,
+        "trainer.max_steps=5",
+        f"data.path={corpus}",
+        "model.n_head=choice(2,3)",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     statuses = {j: read_status(sweep / j)["status"] for j in "012"}
     assert statuses == {"0": "completed", "1": "failed", "2": "completed"}, statuses
@@ -89,21 +108,18 @@ def test_optuna_sweep_survives_a_failing_trial(tmp_path, corpus):
     assert "job 1 failed" in r.stdout and "must be divisible" in r.stdout
 
 
-def _compose(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="lit_gpt_char.conf", version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=True)
-
-
-@pytest.mark.parametrize(("option", "target"), [
-    ("launcher=joblib", "JoblibLauncher"),
-    ("launcher=slurm", "SlurmLauncher"),
-    ("launcher=submitit_local", "LocalLauncher"),
-    ("hparams_search=optuna", "OptunaSweeper"),
-])
+@pytest.mark.parametrize(
+    ("option", "target"),
+    [
+        ("launcher=joblib", "JoblibLauncher"),
+        ("launcher=slurm", "SlurmLauncher"),
+        ("launcher=submitit_local", "LocalLauncher"),
+        ("hparams_search=optuna", "OptunaSweeper"),
+    ],
+)
 def test_sweep_configs_compose(option, target):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    cfg = _compose([option])
+    cfg = compose_hydra([option])
     node = cfg.hydra.sweeper if option.startswith("hparams_search") else cfg.hydra.launcher
     assert node._target_.endswith(target)
     OmegaConf.to_container(node, resolve=True)  # its interpolations resolve

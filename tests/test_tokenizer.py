@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from lit_gpt_char.core.tokenizer import CharTokenizer, UnknownCharactersError
 from lit_gpt_char.errors import UserError
-from lit_gpt_char.tokenizer import CharTokenizer, UnknownCharactersError
 
 
 def test_round_trip_and_sorted_vocabulary():
@@ -27,10 +27,14 @@ def test_save_load_seed_format(tmp_path):
 def test_loads_a_file_written_by_the_seed(tmp_path):
     # The notebook wrote its dicts with json.dump: ids as ints one way, string keys the other.
     chars = sorted(set("To be, or not to be"))
-    (tmp_path / "seed.json").write_text(json.dumps({
-        "char_to_integer": {c: i for i, c in enumerate(chars)},
-        "integer_to_char": {i: c for i, c in enumerate(chars)},
-    }))
+    (tmp_path / "seed.json").write_text(
+        json.dumps(
+            {
+                "char_to_integer": {c: i for i, c in enumerate(chars)},
+                "integer_to_char": dict(enumerate(chars)),
+            }
+        )
+    )
     tok = CharTokenizer.load(tmp_path / "seed.json")
     assert tok.decode(tok.encode("not to be")) == "not to be"
 

@@ -1,31 +1,30 @@
 """End-to-end: the real CLI in subprocesses, as a user runs it."""
 
+import json
 import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from helpers import REPO, TINY, run_cli, scalars
 
-from conftest import REPO, TINY, run_cli
-from lit_gpt_char.tokenizer import CharTokenizer
+from lit_gpt_char.core.tokenizer import CharTokenizer
 
 pytestmark = pytest.mark.slow
 
 
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
 def test_train_end_to_end(tmp_path, corpus):
     run_dir = tmp_path / "run"
-    r = run_cli("train", *TINY, f"data.path={corpus}", "trainer.max_steps=150", "trainer.val_check_interval=50",
-                f"hydra.run.dir={run_dir}")
+    r = run_cli(
+        "train",
+        *TINY,
+        f"data.path={corpus}",
+        "trainer.max_steps=150",
+        "trainer.val_check_interval=50",
+        f"hydra.run.dir={run_dir}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Best val loss:" in r.stdout
 
@@ -38,6 +37,7 @@ def test_train_end_to_end(tmp_path, corpus):
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["tokenizer"] == tok.to_dict()
     assert ckpt["hyper_parameters"]["vocab"] == tok.chars
+    assert ckpt["hyper_parameters"]["model"]["n_layer"] == 2 and ckpt["hyper_parameters"]["optim"]["lr"] == 3e-3
     assert ckpt["model_config"]["vocab_size"] == tok.vocab_size
     assert ckpt["global_step"] == 150
 
@@ -49,47 +49,91 @@ def test_train_end_to_end(tmp_path, corpus):
     assert "val/bpc" in s and "train/tokens_per_s" in s
     assert any(k.startswith("lr") for k in s)
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "completed" and status["params"] == sum(
+        v.numel() for k, v in ckpt["state_dict"].items() if k != "model.lm_head.weight"
+    )  # tied: counted once
 
 
 def test_multirun_two_jobs(tmp_path, corpus):
     sweep = tmp_path / "sweep"
-    r = run_cli("train", "-m", *TINY, f"data.path={corpus}", "trainer.max_steps=10", "trainer.val_check_interval=10",
-                "data.val_max_batches=2", "model.n_layer=1,2", f"hydra.sweep.dir={sweep}")
+    r = run_cli(
+        "train",
+        "-m",
+        *TINY,
+        f"data.path={corpus}",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=10",
+        "data.val_max_batches=2",
+        "model.n_layer=1,2",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     for job in ("0", "1"):
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
         assert (sweep / job / "tokenizer.json").is_file()
-    n_layers = {torch.load(sweep / j / "checkpoints" / "last.ckpt", weights_only=True)["model_config"]["n_layer"] for j in "01"}
+    n_layers = {
+        torch.load(sweep / j / "checkpoints" / "last.ckpt", weights_only=True)["model_config"]["n_layer"] for j in "01"
+    }
     assert n_layers == {1, 2}
 
 
 def test_configs_found_from_an_installed_wheel(tmp_path):
     """`pip install .` then `python -m lit_gpt_char.train --cfg job` from another directory."""
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = wheels.glob("lit_gpt_char-*.whl")
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = subprocess.run([sys.executable, "-c", "import lit_gpt_char; print(lit_gpt_char.__file__)"],
-                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
+    where = subprocess.run(
+        [sys.executable, "-c", "import lit_gpt_char; print(lit_gpt_char.__file__)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert where.stdout.startswith(str(site)), where.stdout  # the wheel, not the source tree
-    r = subprocess.run([sys.executable, "-m", "lit_gpt_char.train", "--cfg", "job", "experiment=nanogpt"],
-                       cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "lit_gpt_char.train", "--cfg", "job", "experiment=nanogpt"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
-    assert "n_layer: 6" in r.stdout and "_target_: lit_gpt_char.module.LitGPT" in r.stdout
+    assert "n_layer: 6" in r.stdout and "_target_: lightning.pytorch.Trainer" in r.stdout
 
 
 def test_compiled_run_checkpoint_samples_uncompiled(tmp_path, corpus):
     """model.compile=true trains, and its checkpoint has no `_orig_mod.` and samples without compiling."""
     run_dir = tmp_path / "run"
-    r = run_cli("train", *TINY, f"data.path={corpus}", "model.compile=true", "trainer.precision=bf16-mixed",
-                "trainer.max_steps=6", "trainer.val_check_interval=3", "data.val_max_batches=2",
-                f"hydra.run.dir={run_dir}", timeout=600)
+    r = run_cli(
+        "train",
+        *TINY,
+        f"data.path={corpus}",
+        "model.compile=true",
+        "trainer.precision=bf16-mixed",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "data.val_max_batches=2",
+        f"hydra.run.dir={run_dir}",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     sd = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert sd and not any("_orig_mod" in k for k in sd)

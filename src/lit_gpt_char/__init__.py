@@ -1,20 +1,25 @@
 """lit-gpt-char: character-level GPTs with PyTorch Lightning and Hydra.
 
-corpus -> tokenizer.py -> data.py (windows) -> module.py (LightningModule around model.py)
--> checkpoint (checkpoint.py) -> generate.py / sample.py.
-Entry points: `python -m lit_gpt_char.train`, `... .sample`, `... .export`.
+Layers, each importing only those above it:
+  options.py, errors.py   typed options (default, type, range, help once) and user errors
+  core/                   no Lightning: tokenizer, model, ops, generation, checkpoint files
+  training/               Lightning: data, optimizer, LightningModule, callbacks, distributed, run
+  results/                no torch: run status, plots, sweep summaries
+  config.py               Hydra glue: schemas in the ConfigStore, one-line config errors
+  train.py sample.py bench.py export.py plot.py report.py   thin entry points (python -m ...)
+Data flows one way: corpus -> tokenizer -> windows -> module -> checkpoint -> generator.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_generator", "TextGenerator"]
+__all__ = ["TextGenerator", "load_generator"]
 
 
 def __getattr__(name: str):
     # Imported on first use, so `import lit_gpt_char.<anything>` stays light.
     if name in __all__:
-        from lit_gpt_char import generate
+        from lit_gpt_char.core import generation
 
-        return getattr(generate, name)
+        return getattr(generation, name)
     raise AttributeError(f"module 'lit_gpt_char' has no attribute {name!r}")

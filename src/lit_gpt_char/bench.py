@@ -17,21 +17,52 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
-import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from lit_gpt_char.config import print_config_tree  # importing it registers ${fast_precision:}
-from lit_gpt_char.errors import UserError, user_errors
-from lit_gpt_char.generate import load_generator
-from lit_gpt_char.model import GPT, GPTConfig
-from lit_gpt_char.tokenizer import CharTokenizer
+from lit_gpt_char.config import print_config_tree, register, run
+from lit_gpt_char.core.generation import load_generator
+from lit_gpt_char.core.model import GPT
+from lit_gpt_char.core.tokenizer import CharTokenizer
+from lit_gpt_char.errors import UserError
+from lit_gpt_char.options import option
+from lit_gpt_char.training.config import TrainConfig
+from lit_gpt_char.training.data import TextDataModule
+from lit_gpt_char.training.module import LitGPT, gpt_config
+from lit_gpt_char.training.run import Settings, check_config, instantiate
+
+
+@dataclass
+class BenchConfig(TrainConfig):
+    """The bench command's own keys; every training group and key works as in train."""
+
+    task_name: str = option("bench", "its files go to paths.log_dir/bench/")
+    mode: str = option("train", "train: optimizer steps; sample: KV-cache generation", choices=("train", "sample"))
+    steps: int = option(20, "timed training steps", ge=1, le=1_000_000)
+    warmup_steps: int = option(3, "untimed steps first (compilation, allocator warm-up)", ge=0, le=1_000_000)
+    plain_loop: bool = option(
+        True, "also time the same model and batches in a plain PyTorch loop (Lightning's overhead)"
+    )
+    new_tokens: int = option(500, "sample mode: characters generated after a 1-character prompt", ge=1, le=10_000_000)
+    repeats: int = option(
+        5, "sample mode: rounds of (ours, then the baseline); medians of speeds and ratios", ge=1, le=1000
+    )
+    sample_precision: str = option(
+        "auto", "sample mode: auto | 32 | bf16 | int8", choices=("auto", "32", "bf16", "int8")
+    )
+    first_char: bool = option(True, "sample mode: also time `python -m lit_gpt_char.sample` to its first character")
+    baseline: str | None = option(None, "path to shared/bench/baseline.py: run it in this command and report the ratio")
+    print_config: bool = option(False, "print the composed config at the start")
+
+
+register("bench", BenchConfig)
 
 
 def sync(device: torch.device) -> None:
@@ -57,7 +88,9 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
 
 
 def autocast_dtype(precision: str) -> torch.dtype:
-    return {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision), torch.float32)
+    return {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16}.get(
+        str(precision), torch.float32
+    )
 
 
 class StepTimer(L.Callback):
@@ -74,7 +107,9 @@ class StepTimer(L.Callback):
         self._last = now
 
 
-def time_plain_loop(module, batches, device: torch.device, precision: str, clip: float | None, steps: int, warmup: int) -> float:
+def time_plain_loop(
+    module, batches, device: torch.device, precision: str, clip: float | None, steps: int, warmup: int
+) -> float:
     """Seconds per step of the same model and optimizer in a hand-written loop."""
     model = module.model.to(device).train()
     opt_cfg = module.configure_optimizers()
@@ -111,14 +146,13 @@ def run_baseline(path: str, args: list[str]) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def bench_train(cfg: DictConfig) -> dict:
-    datamodule = hydra.utils.instantiate(cfg.data, tokenizer_path=None)
-    module = hydra.utils.instantiate(cfg.model, vocab=datamodule.tokenizer.chars,
-                                     optim=OmegaConf.to_container(cfg.optim, resolve=True), _convert_="all")
+def bench_train(cfg: DictConfig, s: Settings) -> dict:
+    datamodule = TextDataModule(s.data, block_size=s.model.block_size, seed=s.run.seed, data_dir=s.paths.data_dir)
+    module = LitGPT(datamodule.tokenizer.chars, s.model, s.optim)
     timer = StepTimer(cfg.warmup_steps)
     with open_dict(cfg):
         cfg.trainer.max_steps = cfg.warmup_steps + cfg.steps + 1
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[timer], logger=False)
+    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=[timer], logger=False)
     trainer.fit(module, datamodule=datamodule)
     device = module.device
     step_s = sorted(timer.times)[len(timer.times) // 2]
@@ -127,29 +161,61 @@ def bench_train(cfg: DictConfig) -> dict:
     peak = peak_matmul_flops(device, dtype)
     flops = module.model.flops_per_token(cfg.model.block_size) * tokens / step_s
     out = {
-        "mode": "train", "tokens_per_s": tokens / step_s, "ms_per_step": 1000 * step_s,
-        "params": module.model.num_params(), "precision": str(trainer.precision), "compile": bool(cfg.model.compile),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "mfu": flops / peak, "peak_matmul_tflops": peak / 1e12,
+        "mode": "train",
+        "tokens_per_s": tokens / step_s,
+        "ms_per_step": 1000 * step_s,
+        "params": module.model.num_params(),
+        "precision": str(trainer.precision),
+        "compile": bool(cfg.model.compile),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "mfu": flops / peak,
+        "peak_matmul_tflops": peak / 1e12,
     }
     if cfg.plain_loop:
-        plain_s = time_plain_loop(module, datamodule.train_dataloader(), device, trainer.precision,
-                                  cfg.trainer.gradient_clip_val, cfg.steps, cfg.warmup_steps)
+        plain_s = time_plain_loop(
+            module,
+            datamodule.train_dataloader(),
+            device,
+            trainer.precision,
+            cfg.trainer.gradient_clip_val,
+            cfg.steps,
+            cfg.warmup_steps,
+        )
         out["plain_loop_ms_per_step"] = 1000 * plain_s
         out["lightning_overhead"] = step_s / plain_s - 1
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cfg.baseline:
         m = cfg.model
-        base = run_baseline(cfg.baseline, [
-            "train", "--n-layer", str(m.n_layer), "--n-head", str(m.n_head), "--n-embd", str(m.n_embd),
-            "--block-size", str(m.block_size), "--batch-size", str(cfg.data.batch_size), "--dropout", str(m.dropout),
-            "--vocab", str(datamodule.tokenizer.vocab_size), "--steps", str(cfg.steps)])
+        base = run_baseline(
+            cfg.baseline,
+            [
+                "train",
+                "--n-layer",
+                str(m.n_layer),
+                "--n-head",
+                str(m.n_head),
+                "--n-embd",
+                str(m.n_embd),
+                "--block-size",
+                str(m.block_size),
+                "--batch-size",
+                str(cfg.data.batch_size),
+                "--dropout",
+                str(m.dropout),
+                "--vocab",
+                str(datamodule.tokenizer.vocab_size),
+                "--steps",
+                str(cfg.steps),
+            ],
+        )
         out["baseline_tokens_per_s"] = base["tokens_per_s"]
         out["speedup_vs_baseline"] = out["tokens_per_s"] / base["tokens_per_s"]
     return out
 
 
-def bench_sample(cfg: DictConfig) -> dict:
+def bench_sample(cfg: DictConfig, s: Settings) -> dict:
     """Generation speed of a model of cfg.model's size (random weights: speed does not depend on them).
 
     With a baseline, each of the `repeats` rounds times our generation and then the baseline's,
@@ -159,7 +225,7 @@ def bench_sample(cfg: DictConfig) -> dict:
     m = cfg.model
     tok = CharTokenizer([chr(i) for i in range(32, 97)])  # 65 characters, like Tiny Shakespeare
     torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(tok.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout, m.bias))
+    model = GPT(gpt_config(tok.vocab_size, s.model))
     tmp = tempfile.TemporaryDirectory(prefix="bench-sample-")
     out_dir = Path(tmp.name)
     torch.save(model.state_dict(), out_dir / "model.pt")
@@ -168,8 +234,19 @@ def bench_sample(cfg: DictConfig) -> dict:
     gen = load_generator(out_dir, device="auto", precision=cfg.sample_precision, compile=cfg.model.compile)
     for _ in gen.stream("A", 5, seed=0):  # warm-up (and compilation, if any)
         pass
-    baseline_args = ["sample", "--n-layer", str(m.n_layer), "--n-head", str(m.n_head), "--n-embd", str(m.n_embd),
-                     "--block-size", str(m.block_size), "--new-tokens", str(cfg.new_tokens)]
+    baseline_args = [
+        "sample",
+        "--n-layer",
+        str(m.n_layer),
+        "--n-head",
+        str(m.n_head),
+        "--n-embd",
+        str(m.n_embd),
+        "--block-size",
+        str(m.block_size),
+        "--new-tokens",
+        str(cfg.new_tokens),
+    ]
     ours, theirs = [], []
     for _ in range(cfg.repeats):
         sync(gen.device)
@@ -180,15 +257,34 @@ def bench_sample(cfg: DictConfig) -> dict:
         if cfg.baseline:
             theirs.append(run_baseline(cfg.baseline, baseline_args)["tokens_per_s"])
     tokens_per_s = median(ours)
-    out = {"mode": "sample", "tokens_per_s": tokens_per_s, "ms_per_token": 1000 / tokens_per_s, "new_tokens": n,
-           "runs_tokens_per_s": [round(x, 1) for x in ours],
-           "params": gen.num_params, "precision": gen.precision,
-           "compile": bool(cfg.model.compile), "device": str(gen.device),
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out = {
+        "mode": "sample",
+        "tokens_per_s": tokens_per_s,
+        "ms_per_token": 1000 / tokens_per_s,
+        "new_tokens": n,
+        "runs_tokens_per_s": [round(x, 1) for x in ours],
+        "params": gen.num_params,
+        "precision": gen.precision,
+        "compile": bool(cfg.model.compile),
+        "device": str(gen.device),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     if cfg.first_char:
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "lit_gpt_char.sample", f"ckpt={out_dir}", "max_new_tokens=1",
-                            f"precision={cfg.sample_precision}", "prompt=A"], capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lit_gpt_char.sample",
+                f"ckpt={out_dir}",
+                "max_new_tokens=1",
+                f"precision={cfg.sample_precision}",
+                "prompt=A",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         found = re.search(r"first character ([\d.]+)s", r.stderr)
         out["first_char_s"] = float(found.group(1)) if found else None
         out["process_wall_s"] = time.perf_counter() - t0
@@ -211,22 +307,18 @@ def show(result: dict) -> None:
     Console(stderr=True).print(table)
 
 
-@user_errors
 def bench(cfg: DictConfig) -> dict:
-    if cfg.mode not in ("train", "sample"):
-        raise UserError(f"mode={cfg.mode} must be train or sample")
+    settings = check_config(cfg, BenchConfig)
     L.seed_everything(cfg.seed, verbose=False)
     if cfg.print_config:
         print_config_tree(cfg)
-    result = bench_train(cfg) if cfg.mode == "train" else bench_sample(cfg)
+    result = bench_train(cfg, settings) if cfg.mode == "train" else bench_sample(cfg, settings)
     show(result)
     print(json.dumps(result), flush=True)
     return result
 
 
-@hydra.main(version_base="1.3", config_path="pkg://lit_gpt_char.conf", config_name="bench")
-def main(cfg: DictConfig) -> None:
-    bench(cfg)
+main = run("bench", bench)
 
 
 if __name__ == "__main__":

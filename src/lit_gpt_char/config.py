@@ -1,15 +1,141 @@
-"""Config helpers shared by the entry points: show a config, and the `${fast_precision:}` resolver.
+"""Hydra glue shared by the entry points: schemas in the ConfigStore, configs turned into checked
+options, Hydra's own errors turned into one `error:` line, and the `${fast_precision:}` resolver.
 
-Importing this module registers the resolver; the entry points that build a Trainer do.
+The schemas themselves live beside what they configure (core.model.GPTConfig, training.optim,
+training.data, ...); conf/*.yaml names them in its defaults lists (`/schema/<name>@_here_`), so a
+YAML file only selects and overrides. Importing this module registers the resolver.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lit_gpt_char.errors import UserError, user_errors, wants_traceback
+from lit_gpt_char.options import describe, field_info
+
+T = TypeVar("T")
+CONFIG_MODULE = "lit_gpt_char.conf"
 
 
+def register(name: str, node: type) -> None:
+    """Make the schema `node` available to conf/ as `/schema/<name>`."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="schema", name=name, node=node)
+
+
+def options(cfg: Any, cls: type[T]) -> T:
+    """The checked options object of one config node (interpolations resolved); bad values raise
+    UserError naming the key."""
+    if isinstance(cfg, cls):
+        return cfg
+    try:
+        values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if OmegaConf.is_config(cfg) else cfg
+    except OmegaConfBaseException as e:
+        raise UserError(config_error_message(e)) from None
+    values = {k: v for k, v in (values or {}).items() if k != "_target_"}
+    from lit_gpt_char.options import build
+
+    return build(cls, values)
+
+
+# --- Hydra's errors as one line --------------------------------------------------------------------------------
+def config_error_message(e: BaseException) -> str:
+    """One line for an error Hydra or OmegaConf raised while reading the command line or the config."""
+    cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
+    text = str(e).strip()
+    if isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None) or ""
+        value = _override_value(text, key)
+        info = field_info(getattr(cause, "object_type", None), getattr(cause, "key", None) or key.rsplit(".", 1)[-1])
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if info is not None and "not in struct" not in str(cause):
+            hint, f = info
+            if "Missing mandatory value" in first:
+                what = f" ({f.metadata['help']})" if f.metadata.get("help") else ""
+                return f"{key} is required: pass {key}=...{what}"
+            shown = value if value is not None else getattr(cause, "value", "?")
+            return f"{key}={shown}: must be {describe(hint, f.metadata)}"
+        if "not in struct" in str(cause) or "Could not override" in text:
+            key = key or _quoted(text)
+            return f"{key}: no such option; `--cfg job` prints every option (a new key needs +{key}=...)"
+        if "Missing mandatory value" in first:
+            return f"{key} is required: pass {key}=..."
+        if "Interpolation" in type(cause).__name__ or "interpolation" in first.lower():
+            return f"{key}: {first}"
+        return f"{key}: {first}" if key else first
+    if "Could not find" in text:
+        option = re.search(r"Could not find '([^']+)'", text)
+        available = re.findall(r"^\s+(\S+)$", text, flags=re.M)
+        where = option.group(1) if option else text.splitlines()[0]
+        group, _, name = where.rpartition("/")
+        more = f": the choices are {', '.join(available)}" if available else ""
+        return f"{group}={name}: no such option{more}" if group else f"{where}: not found{more}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(lines[:3]) if lines else type(e).__name__
+
+
+def _override_value(text: str, key: str) -> str | None:
+    """The value as typed in 'Error merging override key=value'."""
+    found = re.search(r"override (\S+?)=(.*)$", text.splitlines()[0]) if text else None
+    if found and (not key or found.group(1).lstrip("+~") == key):
+        return found.group(2)
+    return None
+
+
+def _quoted(text: str) -> str:
+    found = re.search(r"'([^']+)'", text)
+    return found.group(1) if found else text.splitlines()[0]
+
+
+def run(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+    """The console entry of a Hydra command: parse the command line, compose conf/<config_name>.yaml,
+    run task(cfg). Mistakes anywhere (an unknown key, a value of the wrong type, a missing group
+    option, or a UserError from the task) end as one `error:` line and exit status 2; bugs raise.
+    HYDRA_FULL_ERROR=1 shows the traceback of any error."""
+    import hydra
+
+    wrapped = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name)(
+        user_errors(task)
+    )
+
+    def main() -> Any:
+        # Hydra prints its own errors and exits 1 unless HYDRA_FULL_ERROR is set; set, it raises them
+        # here. Whether the user asked for tracebacks is kept in LIT_GPT_CHAR_TRACEBACK, which
+        # processes started by this one (DDP ranks) inherit.
+        wants_traceback()
+        before = os.environ.get("HYDRA_FULL_ERROR")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            return wrapped()
+        except (OmegaConfBaseException, *_hydra_errors()) as e:
+            if wants_traceback():
+                raise
+            print(f"error: {config_error_message(e)}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        finally:
+            if before is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = before
+
+    return main
+
+
+def _hydra_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    return ConfigCompositionException, MissingConfigException, OverrideParseException
+
+
+# --- the ${fast_precision:} resolver, and printing a config -------------------------------------------------------
 def fast_precision(accelerator: str = "auto") -> str:
     """The Trainer precision that is fast on this machine's `accelerator`.
 

@@ -30,6 +30,19 @@ class TrainingDiverged(UserError):
     """The training or validation loss became NaN or infinite."""
 
 
+TRACEBACK_ENV = "LIT_GPT_CHAR_TRACEBACK"
+
+
+def wants_traceback() -> bool:
+    """Whether the user asked for tracebacks: HYDRA_FULL_ERROR=1 when the command started.
+
+    Remembered in LIT_GPT_CHAR_TRACEBACK, because the entry point sets HYDRA_FULL_ERROR itself (to
+    catch Hydra's errors), and processes it starts (DDP ranks) inherit the answer."""
+    if TRACEBACK_ENV not in os.environ:
+        os.environ[TRACEBACK_ENV] = "1" if os.environ.get("HYDRA_FULL_ERROR") == "1" else "0"
+    return os.environ[TRACEBACK_ENV] == "1"
+
+
 def find_user_error(e: BaseException) -> UserError | None:
     """e itself or the UserError it wraps (hydra.utils.instantiate wraps what a constructor raises)."""
     while e is not None and not isinstance(e, UserError):
@@ -57,7 +70,7 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
         except Exception as e:
             user_error = find_user_error(e)
             sweep_goes_on = in_multirun() and not isinstance(user_error, LaunchError)
-            if user_error is None or sweep_goes_on or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if user_error is None or sweep_goes_on or wants_traceback():
                 raise
             print(f"error: {user_error}", file=sys.stderr, flush=True)
             sys.exit(2)

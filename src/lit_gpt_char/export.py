@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from lit_gpt_char.checkpoint import export
+from lit_gpt_char.core.checkpoint import export
 from lit_gpt_char.errors import user_errors
 
 

@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_gpt_char import plots
 from lit_gpt_char.errors import UserError, user_errors
+from lit_gpt_char.results import plots
 
 
 @user_errors
@@ -30,8 +30,10 @@ def plot(run_dir: Path, out_dir: Path | None = None, smoothing: float = plots.SM
         raise UserError(f"no {plots.TRAIN} points in {tb_dir} yet: the run has not logged a training step")
     written = plots.draw_run(scalars, out_dir or run_dir / "plots", smoothing)
     if not scalars.get(plots.VAL):
-        print(f"note: no {plots.VAL} points in {tb_dir} yet (no validation has run): val_loss.png not drawn",
-              file=sys.stderr)
+        print(
+            f"note: no {plots.VAL} points in {tb_dir} yet (no validation has run): val_loss.png not drawn",
+            file=sys.stderr,
+        )
     return written
 
 
@@ -39,8 +41,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m lit_gpt_char.plot", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", type=Path, help="a run directory (it holds tensorboard/)")
     p.add_argument("--out", type=Path, default=None, help="where to write the PNGs (default RUN_DIR/plots)")
-    p.add_argument("--smoothing", type=float, default=plots.SMOOTHING,
-                   help="EMA weight of the smoothed lines, in [0, 1) (default %(default)s)")
+    p.add_argument(
+        "--smoothing",
+        type=float,
+        default=plots.SMOOTHING,
+        help="EMA weight of the smoothed lines, in [0, 1) (default %(default)s)",
+    )
     args = p.parse_args(argv)
     for path in plot(args.run_dir, args.out, args.smoothing):
         print(path)

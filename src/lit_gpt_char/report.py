@@ -18,11 +18,17 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_gpt_char.errors import UserError, user_errors
-from lit_gpt_char.plots import draw_val_curves
-from lit_gpt_char.sweep_summary import JobSummary, differing_keys, summarize_sweep
+from lit_gpt_char.results.plots import draw_val_curves
+from lit_gpt_char.results.sweeps import JobSummary, differing_keys, summarize_sweep
 
-STATUS_STYLE = {"completed": "green", "running": "cyan", "failed": "bold red", "diverged": "bold red",
-                "died": "bold red", "interrupted": "yellow"}
+STATUS_STYLE = {
+    "completed": "green",
+    "running": "cyan",
+    "failed": "bold red",
+    "diverged": "bold red",
+    "died": "bold red",
+    "interrupted": "yellow",
+}
 CSV_COLUMNS = ["job", "status", "best_val_loss", "best_step", "steps", "wall_time_s", "params", "error", "path"]
 
 
@@ -33,7 +39,7 @@ def _num(v: float | None, fmt: str = ".4f") -> str:
 def _duration(s: float | None) -> str:
     if s is None:
         return "-"
-    s = int(round(s))
+    s = round(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
@@ -50,9 +56,16 @@ def table(jobs: Sequence[JobSummary], keys: Sequence[str], title: str) -> Table:
         t.add_column(name, justify="right")
     t.add_column("status")
     for j in jobs:
-        t.add_row(j.name, *(j.overrides.get(k, "-") for k in keys), _num(j.best_val_loss),
-                  _num(j.best_step, "d"), _num(j.steps, "d"), _duration(j.wall_time_s), _params(j.params),
-                  f"[{STATUS_STYLE.get(j.status, 'dim')}]{j.status}[/]")
+        t.add_row(
+            j.name,
+            *(j.overrides.get(k, "-") for k in keys),
+            _num(j.best_val_loss),
+            _num(j.best_step, "d"),
+            _num(j.steps, "d"),
+            _duration(j.wall_time_s),
+            _params(j.params),
+            f"[{STATUS_STYLE.get(j.status, 'dim')}]{j.status}[/]",
+        )
     return t
 
 
@@ -61,9 +74,20 @@ def write_csv(jobs: Sequence[JobSummary], keys: Sequence[str], path: Path) -> Pa
         w = csv.writer(f)
         w.writerow([CSV_COLUMNS[0], *keys, *CSV_COLUMNS[1:]])
         for j in jobs:
-            w.writerow([j.name, *(j.overrides.get(k, "") for k in keys), j.status, j.best_val_loss, j.best_step,
-                        j.steps, None if j.wall_time_s is None else round(j.wall_time_s, 1), j.params,
-                        j.error, j.path])
+            w.writerow(
+                [
+                    j.name,
+                    *(j.overrides.get(k, "") for k in keys),
+                    j.status,
+                    j.best_val_loss,
+                    j.best_step,
+                    j.steps,
+                    None if j.wall_time_s is None else round(j.wall_time_s, 1),
+                    j.params,
+                    j.error,
+                    j.path,
+                ]
+            )
     return path
 
 
@@ -86,8 +110,13 @@ def report(sweep_dir: Path, console: Console | None = None) -> list[JobSummary]:
             console.print(f"[red]job {j.name} {j.status}:[/] {j.error}  (see {j.path})", highlight=False)
     csv_path = write_csv(jobs, keys, sweep_dir / "summary.csv")
     # Legend labels: the last part of each key (lr=..., n_layer=...) keeps them short.
-    curves = {" ".join([f"job {j.name}" + (":" if keys else "")] + [f"{k.rsplit('.', 1)[-1]}={j.overrides.get(k, '-')}"
-                                                                     for k in keys]): j.val for j in jobs}
+    curves = {
+        " ".join(
+            [f"job {j.name}" + (":" if keys else "")]
+            + [f"{k.rsplit('.', 1)[-1]}={j.overrides.get(k, '-')}" for k in keys]
+        ): j.val
+        for j in jobs
+    }
     png = draw_val_curves(curves, sweep_dir / "val_loss_all.png", title=f"Validation loss: {sweep_dir.name}")
     console.print(f"Wrote {csv_path} and {png}", highlight=False)
     return jobs

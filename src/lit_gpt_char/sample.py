@@ -11,25 +11,50 @@ import time
 START = time.perf_counter()  # before the heavy imports: time to first character counts them
 
 import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
-from lit_gpt_char.errors import UserError, user_errors  # noqa: E402
-from lit_gpt_char.generate import check_options, load_generator  # noqa: E402
+from lit_gpt_char.config import options, register, run  # noqa: E402
+from lit_gpt_char.core.generation import PRECISIONS, SamplingOptions, load_generator  # noqa: E402
+from lit_gpt_char.errors import UserError  # noqa: E402
+from lit_gpt_char.options import option  # noqa: E402
 
 
-def read_prompt(cfg: DictConfig) -> str:
+@dataclass
+class SampleConfig(SamplingOptions):
+    """The options of `python -m lit_gpt_char.sample` (SamplingOptions' and these)."""
+
+    ckpt: str = option("???", "a .ckpt file, a training run directory (its best checkpoint) or an export directory")
+    prompt: str = option("\n", "the text to continue")
+    prompt_file: str | None = option(None, "read the prompt from this UTF-8 file instead (must not be empty)")
+    on_unknown: str = option(
+        "error", "prompt characters the model has never seen: error | skip", choices=("error", "skip")
+    )
+    num_samples: int = option(1, "samples to write, each from seed + i", ge=1, le=100_000)
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = option(
+        "auto", "auto (int8 weights on CPU, bf16 on GPU) | 32 | bf16 | 16 | int8", choices=("auto", *PRECISIONS)
+    )
+    compile: bool = option(False, "torch.compile the forward: for GPUs (on a CPU: ~40 s compiling, no gain)")
+    stream: bool | None = option(None, "print characters as they come; null: when stdout is a terminal")
+    out: str | None = option(None, "also write the samples to this file")
+
+
+register("sample", SampleConfig)
+
+
+def read_prompt(cfg: SampleConfig) -> str:
     if cfg.prompt_file is None:
         return cfg.prompt
     path = Path(cfg.prompt_file)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"prompt_file={path} cannot be read as UTF-8 text: {e}") from None
+        raise UserError(f"prompt_file={path}: cannot be read as UTF-8 text: {e}") from None
     if not text:
-        raise UserError(f"prompt_file={path} is empty: put some text in it, or pass prompt=... instead")
+        raise UserError(f"prompt_file={path}: is empty: put some text in it, or pass prompt=... instead")
     return text
 
 
@@ -37,29 +62,37 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-@user_errors
-def sample(cfg: DictConfig) -> list[str]:
+def sample(raw: DictConfig | SampleConfig) -> list[str]:
     """Generate cfg.num_samples texts; return them (prompt included)."""
-    if OmegaConf.is_missing(cfg, "ckpt"):
-        raise UserError("no checkpoint given: pass ckpt=<file.ckpt, a training run directory or an export directory>")
-    check_options(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.num_samples)
+    cfg = options(raw, SampleConfig)
     prompt = read_prompt(cfg)
     gen = load_generator(cfg.ckpt, device=cfg.device, precision=cfg.precision, compile=cfg.compile)
     prompt_ids = gen.encode_prompt(prompt, cfg.on_unknown)
     prompt = gen.tokenizer.decode(prompt_ids)
-    log(f"model: {gen.num_params / 1e6:.2f}M parameters, block size {gen.model.config.block_size}, "
-        f"vocabulary {gen.tokenizer.vocab_size}, on {gen.device} ({gen.precision})")
+    log(
+        f"model: {gen.num_params / 1e6:.2f}M parameters, block size {gen.model.config.block_size}, "
+        f"vocabulary {gen.tokenizer.vocab_size}, on {gen.device} ({gen.precision})"
+    )
     stream = sys.stdout.isatty() if cfg.stream is None else cfg.stream
     samples, first_char_at, n_chars, gen_time = [], None, 0, 0.0
     for i in range(cfg.num_samples):
         if cfg.num_samples > 1:
             print(f"{'=' * 20} sample {i + 1}/{cfg.num_samples} {'=' * 20}", flush=True)
-        seed = None if cfg.seed is None else cfg.seed + i
+        seed = None if cfg.seed is None else (cfg.seed + i) % 2**64
         pieces = [prompt]
         if stream:
             print(prompt, end="", flush=True)
         t0 = time.perf_counter()
-        for ch in gen.stream(prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, seed, "skip", cfg.slide):
+        for ch in gen.stream(
+            prompt,
+            "skip",
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            seed=seed,
+            slide=cfg.slide,
+        ):
             if first_char_at is None:
                 first_char_at = time.perf_counter() - START
             pieces.append(ch)
@@ -75,15 +108,14 @@ def sample(cfg: DictConfig) -> list[str]:
         Path(cfg.out).write_text(sep.join(samples), encoding="utf-8")
         log(f"wrote {len(samples)} sample(s) to {cfg.out}")
     if n_chars:
-        log(f"{n_chars} characters in {gen_time:.2f}s: {n_chars / gen_time:.1f} characters/s; "
-            f"first character {first_char_at:.2f}s after start")
+        log(
+            f"{n_chars} characters in {gen_time:.2f}s: {n_chars / gen_time:.1f} characters/s; "
+            f"first character {first_char_at:.2f}s after start"
+        )
     return samples
 
 
-@hydra.main(version_base="1.3", config_path="pkg://lit_gpt_char.conf", config_name="sample")
-def main(cfg: DictConfig) -> None:
-    sample(cfg)
-
+main = run("sample", sample)
 
 if __name__ == "__main__":
     main()

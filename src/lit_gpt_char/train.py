@@ -1,136 +1,14 @@
-"""Train a character GPT: `python -m lit_gpt_char.train [overrides]`.
+"""Train a character GPT: `python -m lit_gpt_char.train [group=option ...] [key=value ...]`.
 
-Wires the Hydra config to objects and runs `Trainer.fit`; returns the best val loss so Hydra
-sweepers can minimise it. Everything a run writes lands in its Hydra run directory; a resumed
-run keeps writing into the directory of the run it continues.
+The options, their defaults and ranges: training/config.py; what a run does: training/run.py.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-from pathlib import Path
+from lit_gpt_char.config import run
+from lit_gpt_char.training import run as training
 
-import hydra
-import lightning as L
-import torch
-from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
-
-from lit_gpt_char.checkpoint import safe_load
-from lit_gpt_char.config import print_config_tree
-from lit_gpt_char.distributed import best_model_score, check_launch, choose_main_port, effective_batch
-from lit_gpt_char.errors import UserError, user_errors
-from lit_gpt_char.job_status import record_status
-from lit_gpt_char.tokenizer import CharTokenizer
-
-log = logging.getLogger(__name__)
-
-
-def find_resume_checkpoint(log_dir: str | Path, task_name: str, experiment: str | None) -> Path:
-    """resume=auto: the newest last.ckpt among earlier runs of the same experiment."""
-    found = []
-    for ckpt in Path(log_dir, task_name).glob("**/checkpoints/last.ckpt"):
-        hydra_yaml = ckpt.parent.parent / ".hydra" / "hydra.yaml"
-        if hydra_yaml.is_file():
-            choices = OmegaConf.load(hydra_yaml).hydra.runtime.choices
-            if choices.get("experiment") == experiment:
-                found.append(ckpt)
-    if not found:
-        raise UserError(
-            f"resume=auto found no last.ckpt of experiment={experiment} under {Path(log_dir, task_name)}: "
-            "start without resume, or pass ckpt_path=... explicitly"
-        )
-    return max(found, key=lambda p: p.stat().st_mtime)
-
-
-def resolve_resume(cfg: DictConfig) -> dict | None:
-    """The checkpoint to resume from (ckpt_path, or the one resume=auto finds), loaded safely.
-
-    It also points paths.output_dir at the run it continues, so checkpoints and TensorBoard
-    curves carry on in one place."""
-    if cfg.get("resume") == "auto" and cfg.ckpt_path is None:
-        choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-        with open_dict(cfg):
-            cfg.ckpt_path = str(find_resume_checkpoint(cfg.paths.log_dir, cfg.task_name, choices.get("experiment")))
-    elif cfg.get("resume") not in (None, "auto"):
-        raise UserError(f"resume={cfg.resume!r}: use resume=auto, or ckpt_path=PATH to resume from a given file")
-    if cfg.ckpt_path is None:
-        return None
-    path = Path(cfg.ckpt_path)
-    if not path.is_file():
-        raise UserError(f"ckpt_path={path} does not exist: pass a .ckpt file to resume from, or drop ckpt_path")
-    ckpt = safe_load(path)
-    if not isinstance(ckpt, dict) or "tokenizer" not in ckpt or "global_step" not in ckpt:
-        raise UserError(f"ckpt_path={path} is not a lit-gpt-char training checkpoint")
-    if path.parent.name == "checkpoints":
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(path.parent.parent.resolve())
-    return ckpt
-
-
-def check_same_vocabulary(ckpt: dict, vocab: list[str], path: str) -> None:
-    old = CharTokenizer.from_dict(ckpt["tokenizer"]).chars
-    if old != vocab:
-        raise UserError(
-            f"ckpt_path={path} was trained with a vocabulary of {len(old)} characters, but this corpus gives "
-            f"{len(vocab)} (or other ones): resume on the corpus it was trained on (data.path)"
-        )
-
-
-@user_errors
-@record_status  # status.json in the run dir; under -m a failed or diverged job scores +inf
-def train(cfg: DictConfig) -> float | None:
-    """Fit a model as `cfg` says; return the best val loss (None if no validation ran)."""
-    L.seed_everything(cfg.seed, workers=True)
-    if cfg.get("matmul_precision"):
-        torch.set_float32_matmul_precision(cfg.matmul_precision)
-
-    resume = resolve_resume(cfg)
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    vocab = datamodule.tokenizer.chars
-    if resume is not None:
-        check_same_vocabulary(resume, vocab, cfg.ckpt_path)
-    if rank_zero_only.rank == 0 and cfg.get("print_config", True):
-        print_config_tree(cfg)
-
-    module: L.LightningModule = hydra.utils.instantiate(
-        cfg.model, vocab=vocab, optim=OmegaConf.to_container(cfg.optim, resolve=True), _convert_="all"
-    )
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    loggers = []
-    for c in (cfg.get("logger") or {}).values():
-        if c:
-            # A resumed run drops what a killed run logged after its last checkpoint: no duplicate steps.
-            tb = resume is not None and c._target_.endswith("TensorBoardLogger")
-            loggers.append(hydra.utils.instantiate(c, **({"purge_step": resume["global_step"]} if tb else {})))
-    choose_main_port(cfg.trainer)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    if trainer.is_global_zero:
-        log.info(effective_batch(trainer, cfg.data.batch_size, cfg.model.block_size))
-
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-    except SIGTERMException:
-        sys.exit(143)  # SaveOnInterrupt saved last.ckpt and said how to resume
-
-    ckpt = trainer.checkpoint_callback
-    best = best_model_score(trainer)
-    if trainer.is_global_zero:
-        print(f"Run directory:   {cfg.paths.output_dir}")
-        if ckpt is not None and ckpt.best_model_path:
-            print(f"Best checkpoint: {ckpt.best_model_path}")
-        print(f"Best val loss:   {float(best):.4f}" if best is not None else "Best val loss:   (no validation ran)")
-    return float(best) if best is not None else None
-
-
-@hydra.main(version_base="1.3", config_path="pkg://lit_gpt_char.conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    user_errors(check_launch)(cfg)  # before any job starts: a sweep that cannot work stops at once
-    return train(cfg)
-
+main = run("train", training.main)
 
 if __name__ == "__main__":
     main()

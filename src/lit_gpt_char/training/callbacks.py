@@ -1,16 +1,22 @@
-"""Training callbacks of our own; Lightning's stock ones are configured in conf/callbacks/."""
+"""What Lightning calls during fit, of our own: callbacks, and the atomic checkpoint writer.
+
+Lightning's stock callbacks are configured in conf/callbacks/ as they are.
+"""
 
 from __future__ import annotations
 
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -18,9 +24,21 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from lit_gpt_char import plots
+from lit_gpt_char.core.checkpoint import atomic_save
+from lit_gpt_char.core.generation import generate
 from lit_gpt_char.errors import TrainingDiverged
-from lit_gpt_char.module import LitGPT
+from lit_gpt_char.options import Options, build, option
+from lit_gpt_char.results import plots
+from lit_gpt_char.training.module import LitGPT
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning writes checkpoints in place: a process killed mid-write would leave a truncated file
+    where the previous good one was. This writes through core.checkpoint.atomic_save (temporary
+    file, fsync, rename), so last.ckpt is always the old or the new checkpoint, never half of one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        atomic_save(checkpoint, path)
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> str | None:
@@ -117,32 +135,40 @@ class StopOnNonFiniteLoss(L.Callback):
         )
 
 
+@dataclass
+class GenerateSamplesConfig(Options):
+    """callbacks.generate_samples.*: text written during training."""
+
+    KEY = "callbacks.generate_samples"
+    every_n_steps: int | None = option(
+        500, "write a sample every N optimizer steps (and at the end); null: only at the end", ge=1
+    )
+    prompt: str = option("\n", "the text each sample continues (characters the corpus lacks are dropped)")
+    max_new_tokens: int = option(300, "characters per sample; 0: no samples", ge=0, le=1_000_000)
+    temperature: float = option(0.8, "0: greedy; 1: the model's distribution", ge=0, le=1e4)
+    top_k: int | None = option(None, "sample among the k most likely characters only; null: all", ge=1)
+    seed: int = option(
+        1337, "the samples' own generator seed (training's random streams are untouched)", ge=0, le=2**64 - 1
+    )
+
+
 class GenerateSamples(L.Callback):
     """Every `every_n_steps` optimizer steps and at the end of training, write some text.
 
     Seeing the text go from noise to Shakespeare is the quickest sanity check there is. The
     sample is printed on rank 0 and logged to TensorBoard as text. It uses its own seeded
     generator and restores train mode, so it never changes what training does next.
+    Options: GenerateSamplesConfig's.
     """
 
-    def __init__(
-        self,
-        every_n_steps: int | None = 500,
-        prompt: str = "\n",
-        max_new_tokens: int = 300,
-        temperature: float = 0.8,
-        top_k: int | None = None,
-        seed: int = 1337,
-    ):
-        self.every_n_steps = every_n_steps
-        self.prompt, self.max_new_tokens = prompt, max_new_tokens
-        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+    def __init__(self, **options: Any):
+        self.options = build(GenerateSamplesConfig, options)
         self._last_step = -1
         self._fsdp_warned = False
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+        step, every = trainer.global_step, self.options.every_n_steps
+        if every and step > 0 and step % every == 0 and step != self._last_step:
             self.sample(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -155,22 +181,25 @@ class GenerateSamples(L.Callback):
             # The weights are sharded: rank 0 alone cannot run the model (it would wait forever
             # for the other ranks to gather them). Checkpoints are whole files: sample from those.
             if not self._fsdp_warned:
-                rank_zero_warn("GenerateSamples is off under FSDP (sharded weights); sample from a checkpoint instead: "
-                               "python -m lit_gpt_char.sample ckpt=<run dir>")
+                rank_zero_warn(
+                    "GenerateSamples is off under FSDP (sharded weights); sample from a checkpoint instead: "
+                    "python -m lit_gpt_char.sample ckpt=<run dir>"
+                )
                 self._fsdp_warned = True
             return None
-        if not trainer.is_global_zero or not isinstance(pl_module, LitGPT) or self.max_new_tokens <= 0:
+        o = self.options
+        if not trainer.is_global_zero or not isinstance(pl_module, LitGPT) or o.max_new_tokens <= 0:
             return None
         tok, model = pl_module.tokenizer, pl_module.model
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             return None  # diverged weights; StopOnNonFiniteLoss reports it
-        prompt = "".join(c for c in self.prompt if c in tok.stoi) or tok.chars[0]
+        prompt = "".join(c for c in o.prompt if c in tok.stoi) or tok.chars[0]
         idx = torch.tensor([tok.encode(prompt)], device=pl_module.device)
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        generator = torch.Generator(device=pl_module.device).manual_seed(o.seed)
         was_training = model.training
         model.eval()
         try:
-            out = model.generate(idx, self.max_new_tokens, self.temperature, self.top_k, generator=generator)
+            out = generate(model, idx, o.max_new_tokens, temperature=o.temperature, top_k=o.top_k, generator=generator)
         finally:
             model.train(was_training)
         text = prompt + tok.decode(out[0, idx.shape[1] :])
@@ -183,16 +212,26 @@ class GenerateSamples(L.Callback):
         return text
 
 
+@dataclass
+class PlotCurvesConfig(Options):
+    """callbacks.plot_curves.*: the run's PNG curves."""
+
+    KEY = "callbacks.plot_curves"
+    out_dir: str = option("plots", "where the PNGs go (the train config puts them in <run dir>/plots)")
+    smoothing: float = option(plots.SMOOTHING, "EMA weight of the smoothed lines (TensorBoard's slider)", ge=0, lt=1)
+
+
 class PlotCurves(L.Callback):
-    """At the end of fit, draw the run's loss curves into `out_dir` (see lit_gpt_char.plots).
+    """At the end of fit, draw the run's loss curves into `out_dir` (see results.plots).
 
     They are drawn from the TensorBoard event files, not from values kept in memory, so they are
     the same plots `python -m lit_gpt_char.plot RUN_DIR` redraws later. A run that crashes or
-    diverges is drawn too: its curves show how it got there.
+    diverges is drawn too: its curves show how it got there. Options: PlotCurvesConfig's.
     """
 
-    def __init__(self, out_dir: str, smoothing: float = plots.SMOOTHING):
-        self.out_dir, self.smoothing = Path(out_dir), smoothing
+    def __init__(self, **options: Any):
+        o = build(PlotCurvesConfig, options)
+        self.out_dir, self.smoothing = Path(o.out_dir), o.smoothing
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.draw(trainer)

@@ -2,8 +2,8 @@
 
 A job directory (``<sweep dir>/<n>/``) holds ``.hydra/overrides.yaml`` (what the job changed),
 ``tensorboard/`` (its curves, written as it trains), ``checkpoints/`` and ``status.json``
-(see job_status). Everything here tolerates a job that is still running or has failed, and
-nothing imports lightning; torch only when a checkpoint is opened.
+(see results.status), which also holds the parameter count. Everything here tolerates a job that
+is still running or has failed, and nothing imports torch or lightning.
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lit_gpt_char.job_status import read_status
-from lit_gpt_char.plots import TRAIN, VAL, Series, read_scalars
+from lit_gpt_char.results.plots import TRAIN, VAL, Series, read_scalars
+from lit_gpt_char.results.status import read_status
 
 
 @dataclass
 class JobSummary:
-    name: str                       # the job's directory name: its number in the sweep
+    name: str  # the job's directory name: its number in the sweep
     path: Path
-    overrides: dict[str, str]       # key -> value as given on the command line / by the sweeper
-    status: str                     # completed | failed | diverged | running | died | interrupted | unknown
+    overrides: dict[str, str]  # key -> value as given on the command line / by the sweeper
+    status: str  # completed | failed | diverged | running | died | interrupted | unknown
     best_val_loss: float | None = None
     best_step: int | None = None
-    steps: int | None = None        # optimizer steps logged so far
+    steps: int | None = None  # optimizer steps logged so far
     wall_time_s: float | None = None
     params: int | None = None
     error: str | None = None
@@ -55,37 +55,13 @@ def read_overrides(job_dir: Path) -> dict[str, str]:
     return out
 
 
-def count_params(job_dir: Path) -> int | None:
-    """The model's parameter count, from a checkpoint's model_config (None if no checkpoint yet)."""
-    ckpts = sorted((job_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.name != "last.ckpt")
-    if not ckpts:
-        return None
-    import torch
-
-    from lit_gpt_char.checkpoint import safe_load
-    from lit_gpt_char.errors import UserError
-    from lit_gpt_char.model import GPT, GPTConfig
-
-    for path in ckpts:
-        try:  # memory-mapped: the weights are not read; a checkpoint being written may fail to open
-            ckpt = safe_load(path)
-        except UserError:
-            continue
-        if "model_config" in ckpt:
-            with torch.device("meta"):  # shapes only, no memory, no init cost
-                return GPT(GPTConfig(**ckpt["model_config"])).num_params()
-        state = ckpt.get("state_dict", {})
-        unique = {(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)): t.numel() for t in state.values()}
-        return sum(unique.values()) or None  # tied weights counted once
-    return None
-
-
 def summarize_job(job_dir: Path) -> JobSummary:
     info = read_status(job_dir) or {}
     tb = job_dir / "tensorboard"
     scalars = read_scalars(tb) if tb.is_dir() else {}
-    job = JobSummary(job_dir.name, job_dir, read_overrides(job_dir), info.get("status", "unknown"),
-                     error=info.get("error"))
+    job = JobSummary(
+        job_dir.name, job_dir, read_overrides(job_dir), info.get("status", "unknown"), error=info.get("error")
+    )
     if VAL in scalars:
         job.val = scalars[VAL]
         best = job.val.best()
@@ -96,7 +72,7 @@ def summarize_job(job_dir: Path) -> JobSummary:
     if scalars.get(TRAIN) and scalars[TRAIN].steps:
         job.steps = scalars[TRAIN].steps[-1] + 1
     job.wall_time_s = _wall_time(info, scalars)
-    job.params = count_params(job_dir)
+    job.params = info.get("params") if isinstance(info.get("params"), int) else None
     return job
 
 

@@ -94,8 +94,7 @@ class CharTokenizer:
         """Validate a seed-format mapping: single characters <-> distinct ids 0..V-1, both ways agreeing."""
         if not isinstance(data, Mapping) or "char_to_integer" not in data:
             raise UserError(
-                "not a tokenizer file: expected a JSON object with 'char_to_integer' "
-                "(and 'integer_to_char')"
+                "not a tokenizer file: expected a JSON object with 'char_to_integer' (and 'integer_to_char')"
             )
         c2i = data["char_to_integer"]
         if not isinstance(c2i, Mapping) or not c2i:
@@ -107,9 +106,7 @@ class CharTokenizer:
                 raise UserError(f"'char_to_integer'[{c!r}] = {i!r} is not an integer id")
         ids = sorted(c2i.values())
         if ids != list(range(len(c2i))):
-            raise UserError(
-                f"'char_to_integer' ids must be distinct and exactly 0..{len(c2i) - 1}"
-            )
+            raise UserError(f"'char_to_integer' ids must be distinct and exactly 0..{len(c2i) - 1}")
         chars = [""] * len(c2i)
         for c, i in c2i.items():
             chars[i] = c

@@ -22,7 +22,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from lit_gpt_char.checkpoint import safe_load
+from lit_gpt_char.core.checkpoint import safe_load
 from lit_gpt_char.errors import LaunchError, in_multirun
 
 # Start methods that do not re-run the command line (torch.multiprocessing instead).
@@ -40,7 +40,7 @@ def _count_devices(devices: Any, accelerator: str) -> int:
         devices = int(s) if s.lstrip("-").isdigit() else s
     if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
         return devices
-    if isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
+    if isinstance(devices, (list, tuple)) or (hasattr(devices, "__len__") and not isinstance(devices, str)):
         return len(devices)
     if accelerator in ("gpu", "cuda", "auto"):
         import torch

@@ -34,7 +34,12 @@ STATUS_FILE = "status.json"
 WORST = math.inf  # the score of a failed or diverged sweep job (the sweep minimises)
 
 RUNNING, COMPLETED, FAILED, DIVERGED, INTERRUPTED, DIED = (
-    "running", "completed", "failed", "diverged", "interrupted", "died",
+    "running",
+    "completed",
+    "failed",
+    "diverged",
+    "interrupted",
+    "died",
 )
 
 
@@ -47,12 +52,25 @@ def write_status(run_dir: str | Path, status: str, **info: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_status(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's status.json (None if absent or unreadable); a "running" job whose process is
-    gone from this host is reported as "died" (killed, out of memory, node lost)."""
+def update_status(run_dir: str | Path, **info: Any) -> None:
+    """Add info to run_dir/status.json (e.g. the parameter count once the model is built)."""
+    current = _read(run_dir) or {"status": RUNNING}
+    write_status(run_dir, **{**current, **info})
+
+
+def _read(run_dir: str | Path) -> dict[str, Any] | None:
     try:
         info = json.loads((Path(run_dir) / STATUS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's status.json (None if absent or unreadable); a "running" job whose process is
+    gone from this host is reported as "died" (killed, out of memory, node lost)."""
+    info = _read(run_dir)
+    if info is None:
         return None
     if info.get("status") == RUNNING and info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
         info["status"] = DIED
@@ -90,8 +108,9 @@ def record_status(fn: Callable[[DictConfig], float | None]) -> Callable[[DictCon
         where = {"started": started, "pid": os.getpid(), "host": socket.gethostname()}
 
         def mark(status: str, **info: Any) -> None:
-            if rank_zero:
-                write_status(run_dir, status, **where, ended=time.time(), **info)
+            if rank_zero:  # keep what the task added (update_status), e.g. the parameter count
+                kept = {k: v for k, v in (_read(run_dir) or {}).items() if k not in ("status", "error", "traceback")}
+                write_status(run_dir, status, **{**kept, **where, "ended": time.time(), **info})
 
         if rank_zero:
             write_status(run_dir, RUNNING, **where)

@@ -7,18 +7,22 @@ so ``torch.load(path, weights_only=True)`` works and sampling needs nothing but 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+import typing
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
-from lit_gpt_char.errors import UserError
-from lit_gpt_char.model import GPT, GPTConfig
-from lit_gpt_char.tokenizer import CharTokenizer
+from lit_gpt_char.core.model import GPT, GPTConfig
+from lit_gpt_char.core.tokenizer import CharTokenizer
+from lit_gpt_char.options import Options, build, option
+from lit_gpt_char.training.optim import OptimConfig, build_optimizer
 
 # The val loss is summed over ranks by hand (per character, see on_validation_epoch_end), so
 # Lightning's advice to log it with sync_dist=True under DDP does not apply.
@@ -28,59 +32,60 @@ FSDP_PREFIX = "_fsdp_wrapped_module."  # what FSDP puts into the names of the mo
 
 TOKENS_EVERY = 50  # steps per train/tokens_per_s point
 
-DEFAULT_OPTIM: dict[str, Any] = {
-    "lr": 1e-3,
-    "min_lr": 1e-4,
-    "weight_decay": 0.1,
-    "betas": (0.9, 0.99),
-    "eps": 1e-8,
-    "warmup_steps": 100,
-    "decay_steps": 5000,
-}
+# model.*: GPTConfig's fields (defaults, types and ranges) less vocab_size, which the corpus decides,
+# plus how training runs the model.
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig",
+    [
+        (
+            f.name,
+            typing.get_type_hints(GPTConfig)[f.name],
+            dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata),
+        )
+        for f in dataclasses.fields(GPTConfig)
+        if f.name != "vocab_size"
+    ]
+    + [("compile", bool, option(False, "torch.compile the model for training (worth it on GPUs; no gain on CPUs)"))],
+    bases=(Options,),
+    namespace={
+        "KEY": "model",
+        "check": GPTConfig.check,
+        "__module__": __name__,
+        "__doc__": "model.*: the GPT's shape (GPTConfig less vocab_size, which the corpus gives) and compile.",
+    },
+)
 
 
-def warmup_cosine(step: int, lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
-    """Learning rate at optimizer step `step` (0-based): linear warmup, cosine to min_lr, then flat.
-
-    Warmup starts at lr/(warmup_steps+1), never at 0, so the first step already learns.
-    """
-    if step < warmup_steps:
-        return lr * (step + 1) / (warmup_steps + 1)
-    if step >= decay_steps:
-        return min_lr
-    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+def gpt_config(vocab_size: int, model: ModelConfig) -> GPTConfig:
+    """The GPTConfig of `model` for a vocabulary of vocab_size characters."""
+    arch = {k: v for k, v in model.to_dict().items() if k != "compile"}
+    return GPTConfig(vocab_size=vocab_size, **arch)
 
 
 class LitGPT(L.LightningModule):
-    """A character GPT with its tokenizer; `vocab` is the tokenizer's character list."""
+    """A character GPT with its tokenizer; `vocab` is the tokenizer's character list.
+
+    `model` and `optim` default to the CLI's defaults (they are the same dataclasses), so
+    LitGPT(vocab) here and `python -m lit_gpt_char.train` build the same model and optimizer.
+    """
 
     def __init__(
         self,
         vocab: list[str],
-        block_size: int = 256,
-        n_layer: int = 6,
-        n_head: int = 6,
-        n_embd: int = 384,
-        dropout: float = 0.2,
-        bias: bool = False,
-        attn_dropout: float | None = None,
-        compile: bool = False,
-        optim: dict[str, Any] | None = None,
+        model: ModelConfig | Mapping[str, Any] | None = None,
+        optim: OptimConfig | Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        unknown = set(optim or {}) - DEFAULT_OPTIM.keys()
-        if unknown:
-            raise UserError(f"unknown optim option(s) {sorted(unknown)}: valid ones are {sorted(DEFAULT_OPTIM)}")
-        self.optim = {**DEFAULT_OPTIM, **(optim or {})}
-        self.optim["betas"] = tuple(self.optim["betas"])
-        self.save_hyperparameters()
+        model = model if isinstance(model, ModelConfig) else build(ModelConfig, model)
+        self.optim = optim if isinstance(optim, OptimConfig) else build(OptimConfig, optim)
         self.tokenizer = CharTokenizer(vocab)
-        self.model = GPT(GPTConfig(len(vocab), block_size, n_layer, n_head, n_embd, dropout, bias, attn_dropout))
+        # Plain values only, so checkpoints load with weights_only=True.
+        self.save_hyperparameters({"vocab": list(vocab), "model": model.to_dict(), "optim": self.optim.to_dict()})
+        self.model = GPT(gpt_config(len(vocab), model))
         self._matrices = {n for n, p in self.model.named_parameters() if p.dim() >= 2}
         # The compiled wrapper shares the model's parameters but is kept out of the module tree,
         # so state dicts never carry torch.compile's `_orig_mod.` prefix.
-        self.__dict__["_compiled"] = torch.compile(self.model) if compile else None
+        self.__dict__["_compiled"] = torch.compile(self.model) if model.compile else None
         self._val_sum: torch.Tensor | None = None
         self._val_count = 0
         self._t_last: float | None = None
@@ -139,23 +144,14 @@ class LitGPT(L.LightningModule):
 
     # --- optimizer and schedule -----------------------------------------------------------------
     def configure_optimizers(self) -> dict:
-        o = self.optim
         # Decay the matrices, not biases and norms. Chosen by name, as shapes were before wrapping:
         # under trainer=fsdp the parameters are flat 1-D shards by now.
-        named = [(n.replace(FSDP_PREFIX, ""), p) for n, p in self.model.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for n, p in named if n in self._matrices], "weight_decay": o["weight_decay"]},
-            {"params": [p for n, p in named if n not in self._matrices], "weight_decay": 0.0},
-        ]
+        named = [(n.replace(FSDP_PREFIX, ""), p) for n, p in self.model.named_parameters()]
         # One kernel for all parameters; not with fp16's GradScaler, which must unscale before clipping.
         precision = self._trainer.precision if self._trainer is not None else "32-true"  # also usable without a Trainer
         fused = self.device.type in ("cpu", "cuda") and precision != "16-mixed"
-        optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=o["betas"], eps=o["eps"], fused=fused)
-
-        def factor(step: int) -> float:
-            return warmup_cosine(step, o["lr"], o["min_lr"], o["warmup_steps"], o["decay_steps"]) / o["lr"]
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        total = self._trainer.estimated_stepping_batches if self._trainer is not None else 1
+        optimizer, scheduler = build_optimizer(named, self._matrices, self.optim, int(total), fused)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

@@ -17,20 +17,52 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_gpt_char.core.model import GPTConfig
+from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError
-from lit_gpt_char.tokenizer import CharTokenizer
-
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+from lit_gpt_char.options import Options, build, option
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+DATA_DIR_ENV = "LIT_GPT_CHAR_DATA_DIR"
+
+
+@dataclass
+class DataConfig(Options):
+    """data.*: which text, and how it is cut into batches. The defaults are Tiny Shakespeare's,
+    downloaded on first use and checked by sha256; data.path=FILE trains on any UTF-8 text."""
+
+    KEY = "data"
+    path: str | None = option(None, "your own UTF-8 text file; null: the corpus named by url/filename below")
+    filename: str = option("tinyshakespeare.txt", "the corpus's file name in paths.data_dir")
+    url: str | None = option(
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        "where the corpus is downloaded from when it is not in paths.data_dir; null: never "
+        "(data.path is then required)",
+    )
+    sha256: str | None = option(
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        "checksum of the downloaded corpus; null: not checked",
+    )
+    batch_size: int = option(16, "windows per training batch (per process)", ge=1, le=1 << 20)
+    batches_per_epoch: int = option(1000, "batches per 'epoch' of random windows (only the progress bar sees it)", ge=1)
+    repeat_batches: int | None = option(None, "cycle through the same N batches (debug=overfit); null: never", ge=1)
+    val_batch_size: int | None = option(None, "windows per validation batch; null: batch_size", ge=1, le=1 << 20)
+    val_max_batches: int | None = option(None, "score only the first N val batches; null: the whole split", ge=1)
+    train_fraction: float = option(0.9, "the first fraction of the text trains, the rest validates", gt=0, lt=1)
+
+
+def default_data_dir() -> str:
+    """Where corpora are kept unless paths.data_dir says otherwise: $LIT_GPT_CHAR_DATA_DIR, else ./data."""
+    return os.environ.get(DATA_DIR_ENV) or "data"
 
 
 def sha256_of(path: Path) -> str:
@@ -55,28 +87,30 @@ def download(url: str, dest: Path, timeout: float = 30.0) -> None:
 
 
 def ensure_corpus(
-    path: str | Path | None, data_dir: str | Path, filename: str, url: str, sha256: str | None
+    path: str | Path | None, data_dir: str | Path, filename: str, url: str | None, sha256: str | None
 ) -> Path:
-    """The corpus file to train on: `path` as given, or data_dir/filename, downloaded if missing.
+    """The corpus file to train on: `path` as given, or data_dir/filename, downloaded from url if missing.
 
-    The checksum guards the downloaded default corpus only; a file passed as `path` is the
-    user's own text and is taken as it is.
+    The checksum guards the downloaded corpus only; a file passed as `path` is the user's own
+    text and is taken as it is.
     """
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise UserError(f"data.path={path} does not exist or is not a file: pass the path of a UTF-8 text file")
+            raise UserError(f"data.path={path}: does not exist or is not a file: pass the path of a UTF-8 text file")
         return p
     p = Path(data_dir).expanduser() / filename
     if not p.is_file():
+        if url is None:
+            raise UserError(f"data.path is required: pass data.path=FILE (a UTF-8 text file); {p} does not exist")
         rank_zero_info(f"Downloading {url} -> {p}")
         try:
             download(url, p)
         except (urllib.error.URLError, OSError, TimeoutError) as e:
+            check = f" (sha256 {sha256})" if sha256 else ""
             raise UserError(
-                f"could not download the corpus from {url} ({e}). Put the file at {p} "
-                f"(any copy of Tiny Shakespeare, sha256 {sha256}), or pass data.path=/path/to/text.txt "
-                "to train on another UTF-8 text file."
+                f"could not download the corpus from {url} ({e}). Put the file at {p}{check}, or pass "
+                "data.path=/path/to/text.txt to train on another UTF-8 text file."
             ) from None
     if sha256:
         got = sha256_of(p)
@@ -215,41 +249,27 @@ class ValWindows:
 
 
 class TextDataModule(L.LightningDataModule):
-    """One text file as a character-level language-modelling task (Tiny Shakespeare by default)."""
+    """One text file as a character-level language-modelling task (Tiny Shakespeare by default).
+
+    block_size is the model's context (model.block_size), seed the run's; data_dir defaults to
+    $LIT_GPT_CHAR_DATA_DIR or ./data; the tokenizer is written to tokenizer_path if given.
+    """
 
     def __init__(
         self,
-        path: str | None = None,
-        data_dir: str = "data",
-        filename: str = "tinyshakespeare.txt",
-        url: str = SHAKESPEARE_URL,
-        sha256: str | None = SHAKESPEARE_SHA256,
-        block_size: int = 256,
-        batch_size: int = 64,
-        batches_per_epoch: int = 1000,
-        repeat_batches: int | None = None,
-        val_batch_size: int | None = None,
-        val_max_batches: int | None = None,
-        train_fraction: float = 0.9,
+        data: DataConfig | Mapping[str, Any] | None = None,
+        *,
+        block_size: int = GPTConfig.block_size,
         seed: int = 1337,
+        data_dir: str | None = None,
         tokenizer_path: str | None = None,
     ):
         super().__init__()
-        for name, value in (("block_size", block_size), ("batch_size", batch_size), ("batches_per_epoch", batches_per_epoch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                key = "model.block_size" if name == "block_size" else f"data.{name}"
-                raise UserError(f"{key} must be a positive integer, got {value!r}")
-        if val_max_batches is not None and val_max_batches <= 0:
-            raise UserError(f"data.val_max_batches must be positive or null (the whole split), got {val_max_batches}")
-        if not 0 < train_fraction < 1:
-            raise UserError(f"data.train_fraction must be between 0 and 1, got {train_fraction}")
-        self.path, self.data_dir, self.filename = path, data_dir, filename
-        self.url, self.sha256 = url, sha256
-        self.block_size, self.batch_size = block_size, batch_size
-        self.batches_per_epoch, self.repeat_batches = batches_per_epoch, repeat_batches
-        self.val_batch_size = val_batch_size or batch_size
-        self.val_max_batches = val_max_batches
-        self.train_fraction, self.seed = train_fraction, seed
+        self.cfg = data if isinstance(data, DataConfig) else build(DataConfig, data)
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise UserError(f"model.block_size={block_size}: must be an integer >= 1")
+        self.block_size, self.seed = block_size, seed
+        self.data_dir = data_dir or default_data_dir()
         self.tokenizer_path = tokenizer_path
         self._corpus: Path | None = None
         self._text: str | None = None
@@ -264,7 +284,8 @@ class TextDataModule(L.LightningDataModule):
     def corpus_path(self) -> Path:
         """Checked (and downloaded) once per process."""
         if self._corpus is None:
-            self._corpus = ensure_corpus(self.path, self.data_dir, self.filename, self.url, self.sha256)
+            c = self.cfg
+            self._corpus = ensure_corpus(c.path, self.data_dir, c.filename, c.url, c.sha256)
         return self._corpus
 
     @property
@@ -285,7 +306,7 @@ class TextDataModule(L.LightningDataModule):
         if self.train_data is not None:
             return
         ids = self.tokenizer.encode_tensor(self.text)
-        n_train, n_val = split_sizes(len(ids), self.train_fraction)
+        n_train, n_val = split_sizes(len(ids), self.cfg.train_fraction)
         need = self.block_size + 1
         for name, n in (("train", n_train), ("val", n_val)):
             if n < need:
@@ -309,11 +330,19 @@ class TextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> RandomWindows:
         rank, _ = self._rank()
         # Each rank draws its own windows; the seed stays reproducible per rank.
+        c = self.cfg
         return RandomWindows(
-            self.train_data, self.block_size, self.batch_size, self.batches_per_epoch,
-            seed=self.seed + 1000 * rank, repeat_batches=self.repeat_batches,
+            self.train_data,
+            self.block_size,
+            c.batch_size,
+            c.batches_per_epoch,
+            seed=self.seed + 1000 * rank,
+            repeat_batches=c.repeat_batches,
         )
 
     def val_dataloader(self) -> ValWindows:
         rank, world = self._rank()
-        return ValWindows(self.val_data, self.block_size, self.val_batch_size, self.val_max_batches, rank, world)
+        c = self.cfg
+        return ValWindows(
+            self.val_data, self.block_size, c.val_batch_size or c.batch_size, c.val_max_batches, rank, world
+        )

@@ -1,26 +1,53 @@
-"""Load what training saved — safely — and export it as plain files.
+"""Checkpoint files: written atomically, loaded safely, exported as plain files.
 
 Every load goes through `torch.load(weights_only=True)`: a file whose pickle would build
 arbitrary objects (and so could run code) is refused before anything in it runs. What loads
 is then checked to be ours: a model config, a tokenizer and a state dict that fit together.
+Every write goes to a temporary file that replaces the target only once complete.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from lit_gpt_char.core.model import GPT, GPTConfig
+from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError
-from lit_gpt_char.model import GPT, GPTConfig
-from lit_gpt_char.tokenizer import CharTokenizer
+from lit_gpt_char.options import build
 
 WEIGHTS_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.pt", "tokenizer.json", "config.json"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save(obj, path) through a temporary file in the same directory, flushed, fsynced and
+    renamed over path (an atomic step on POSIX): path is always the old file or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @dataclass
@@ -66,7 +93,8 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> obj
         raise UserError(f"cannot read {path}: it is corrupt, truncated or not a PyTorch checkpoint") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise UserError(
-            f"cannot read {path}: it is corrupt, truncated or not a PyTorch checkpoint ({type(e).__name__}: {str(e)[:150]})"
+            f"cannot read {path}: it is corrupt, truncated or not a PyTorch checkpoint "
+            f"({type(e).__name__}: {str(e)[:150]})"
         ) from None
 
 
@@ -83,7 +111,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return best[-1]
     if (folder / "last.ckpt").is_file():
         return folder / "last.ckpt"
-    raise UserError(f"no checkpoint in {path}: expected checkpoints/best-*.ckpt or checkpoints/last.ckpt inside a run directory")
+    raise UserError(
+        f"no checkpoint in {path}: expected checkpoints/best-*.ckpt or checkpoints/last.ckpt inside a run directory"
+    )
 
 
 def _strip(state_dict: dict) -> dict[str, torch.Tensor]:
@@ -91,9 +121,19 @@ def _strip(state_dict: dict) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state_dict.items():
         if key.startswith("model."):
-            key = key[len("model."):]
+            key = key[len("model.") :]
         out[key.replace("_orig_mod.", "")] = value
     return out
+
+
+def model_config(values: object, source: Path) -> GPTConfig:
+    """The GPTConfig a file describes; UserError naming the file if it is not one."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: its model config is not a mapping of options: {str(values)[:80]}")
+    try:
+        return build(GPTConfig, values)
+    except UserError as e:
+        raise UserError(f"{source}: its model config is invalid: {e}") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Loaded:
@@ -101,13 +141,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = resolve_checkpoint(path)
     ckpt = safe_load(path, map_location)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model_config" not in ckpt or "tokenizer" not in ckpt:
-        raise UserError(
-            f"{path} is not a lit-gpt-char checkpoint (it lacks state_dict, model_config or tokenizer)"
-        )
-    try:
-        config = GPTConfig(**ckpt["model_config"])
-    except TypeError as e:
-        raise UserError(f"{path}: unexpected model_config ({e})") from None
+        raise UserError(f"{path} is not a lit-gpt-char checkpoint (it lacks state_dict, model_config or tokenizer)")
+    config = model_config(ckpt["model_config"], path)
     tokenizer = CharTokenizer.from_dict(ckpt["tokenizer"])
     if tokenizer.vocab_size != config.vocab_size:
         raise UserError(
@@ -146,7 +181,7 @@ def load_exported(
             }
         except (KeyError, ValueError):
             raise UserError(f"{weights} is not a lit-gpt-char GPT state dict (no wte/wpe/blocks weights)") from None
-    cfg = GPTConfig(**config)
+    cfg = model_config(config, Path(weights))
     if tok.vocab_size != cfg.vocab_size:
         raise UserError(
             f"the tokenizer {tokenizer} has {tok.vocab_size} characters but the weights {weights} are for a "
@@ -160,7 +195,7 @@ def export(ckpt: str | Path, out_dir: str | Path) -> Path:
     loaded = load_checkpoint(ckpt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(loaded.state_dict, out / WEIGHTS_FILE)
+    atomic_save(loaded.state_dict, out / WEIGHTS_FILE)
     loaded.tokenizer.save(out / TOKENIZER_FILE)
     (out / CONFIG_FILE).write_text(json.dumps(loaded.config.to_dict(), indent=1))
     return out

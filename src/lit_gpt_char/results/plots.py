@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed, safe in worker processes
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 TRAIN, VAL = "train/loss", "val/loss"
 PLOT_FILES = ("train_loss.png", "val_loss.png", "train_step_loss.png")
@@ -106,8 +106,14 @@ def draw_train_loss(train: Series, path: Path, smoothing: float = SMOOTHING) -> 
 def draw_val_loss(val: Series, path: Path, train: Series | None = None, smoothing: float = SMOOTHING) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if train is not None and train.steps:
-        ax.plot(train.steps, ema(train.values, smoothing), color="tab:blue", alpha=0.4, lw=1.2,
-                label=f"train loss (EMA {smoothing})")
+        ax.plot(
+            train.steps,
+            ema(train.values, smoothing),
+            color="tab:blue",
+            alpha=0.4,
+            lw=1.2,
+            label=f"train loss (EMA {smoothing})",
+        )
     ax.plot(val.steps, val.values, color="tab:orange", marker="o", ms=4, lw=1.8, label="val loss")
     _mark_best(ax, val)
     return _finish(fig, ax, "Validation loss", "cross-entropy (nats/char)", path)
@@ -154,8 +160,15 @@ def draw_val_curves(curves: Mapping[str, Series], path: str | Path, title: str =
         if b is not None and (best is None or b[1] < best[1]):
             best_label, best = label, b
     if best is not None:
-        ax.plot([best[0]], [best[1]], marker="*", ms=16, color="tab:red", ls="none",
-                label=f"best {best[1]:.4f} @ step {best[0]} ({best_label.split(':')[0]})")
+        ax.plot(
+            [best[0]],
+            [best[1]],
+            marker="*",
+            ms=16,
+            color="tab:red",
+            ls="none",
+            label=f"best {best[1]:.4f} @ step {best[0]} ({best_label.split(':')[0]})",
+        )
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel("val loss (nats/char)")

@@ -3,43 +3,83 @@
 import pytest
 import torch
 
-from lit_gpt_char.checkpoint import export, load_checkpoint
-from lit_gpt_char.generate import load_generator
-from lit_gpt_char.model import GPT, Decoder, GPTConfig, KVCache, sample_logits
+from lit_gpt_char.core.checkpoint import export, load_checkpoint
+from lit_gpt_char.core.generation import (
+    Decoder,
+    KVCache,
+    generate,
+    load_generator,
+    quantize_int8,
+    sample_logits,
+)
+from lit_gpt_char.core.model import GPT, GPTConfig
+
+# Every model option there is (each differs from the default in one way): generation must match
+# the full forward for all of them.
+MODEL_OPTIONS = [{}, {"bias": True}, {"n_head": 4}, {"dropout": 0.2, "attn_dropout": 0.1}]
 
 
-def model(block_size=16, bias=False) -> GPT:
+def model(block_size=16, **options) -> GPT:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=13, block_size=block_size, n_layer=2, n_head=2, n_embd=32, dropout=0.1, bias=bias)
+    cfg = GPTConfig(
+        **{
+            "vocab_size": 13,
+            "block_size": block_size,
+            "n_layer": 2,
+            "n_head": 2,
+            "n_embd": 32,
+            "dropout": 0.1,
+            **options,
+        }
+    )
     m = GPT(cfg).eval()
-    if bias:  # zero-initialized: give them values so a dropped bias would show
-        with torch.no_grad():
-            for name, p in m.named_parameters():
-                if name.endswith("bias"):
-                    p.normal_(0, 0.1)
+    with torch.no_grad():  # zero-initialized parameters get values, so one that is dropped would show
+        for name, p in m.named_parameters():
+            if name.endswith("bias") or (p.dim() == 1 and (p == 1).all()):
+                p.normal_(0, 0.1).add_(1 if not name.endswith("bias") else 0)
     return m
 
 
-@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("options", MODEL_OPTIONS, ids=[str(o) or "default" for o in MODEL_OPTIONS])
 @pytest.mark.parametrize("batch, prompt_len", [(1, 1), (1, 5), (3, 1), (3, 7)])
-def test_cached_logits_equal_full_forward(batch, prompt_len, bias):
-    """Both cached paths: Decoder.step (what generation runs) and forward(cache=...) chunks."""
-    m = model(bias=bias)
+def test_cached_logits_equal_full_forward(batch, prompt_len, options):
+    """The decode path (Decoder: weights bound into functions) and forward(cache=...) chunks of any
+    length both give the full forward's logits at every position."""
+    m = model(**options)
     seq = torch.randint(0, 13, (batch, 16))
-    decoder, cache = Decoder(m, batch), KVCache(2, 16)
+    decoder, cache = Decoder(m, batch), KVCache.for_model(m, batch)
     with torch.no_grad():
         full, _ = m(seq)
         steps = [decoder.prefill(seq[:, :prompt_len])]
         chunks = [m(seq[:, :prompt_len], cache=cache)[0][:, -1]]
-        for t in range(prompt_len, 16):
-            steps.append(decoder.step(seq[:, t]))
-            chunks.append(m(seq[:, t : t + 1], cache=cache)[0][:, -1])
+        t = prompt_len
+        while t < 16:  # chunks of 1, 2, 3, ... positions after the prompt
+            n = min(16 - t, len(chunks))
+            for i in range(n):
+                steps.append(decoder.step(seq[:, t + i]))
+            logits = m(seq[:, t : t + n], cache=cache)[0]
+            chunks += [logits[:, i] for i in range(n)]
+            t += n
         assert decoder.full
         with pytest.raises(ValueError, match="past block_size"):
             decoder.step(seq[:, 0])
+    assert len(steps) == len(chunks) == 16 - prompt_len + 1
     for i, (got, chunk) in enumerate(zip(steps, chunks)):
         want = full[:, prompt_len - 1 + i]
         assert (got - want).abs().max() < 1e-4 and (chunk - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("options", MODEL_OPTIONS, ids=[str(o) or "default" for o in MODEL_OPTIONS])
+def test_int8_decode_tracks_its_own_full_forward(options):
+    """With int8 weights, the decode steps still compute what the (int8) model's full forward does."""
+    m = quantize_int8(model(**options).to(torch.bfloat16))
+    seq = torch.randint(0, 13, (2, 16))
+    decoder = Decoder(m, 2)
+    with torch.no_grad():
+        full = m(seq)[0].float()
+        decoder.prefill(seq[:, :4])
+        for t in range(4, 16):
+            assert (decoder.step(seq[:, t]).float() - full[:, t]).abs().max() < 0.05
 
 
 def test_decoder_follows_the_model_dtype():
@@ -54,7 +94,7 @@ def test_decoder_follows_the_model_dtype():
             got = decoder.step(seq[:, t])
             assert got.dtype == torch.bfloat16
             assert (got.float() - full[:, t]).abs().max() < 0.05
-    assert decoder.cache.k[0].dtype == torch.float32
+    assert decoder.cache.k[0].dtype == torch.float32 and decoder.cache.dtype == torch.float32
 
 
 def reference_greedy(m: GPT, prompt: torch.Tensor, n: int, slide: int) -> torch.Tensor:
@@ -72,7 +112,7 @@ def reference_greedy(m: GPT, prompt: torch.Tensor, n: int, slide: int) -> torch.
 def test_sliding_window_past_block_size(slide):
     m = model(block_size=16)
     prompt = torch.randint(0, 13, (2, 5))
-    got = m.generate(prompt, 50, temperature=0, slide=slide)
+    got = generate(m, prompt, 50, temperature=0, slide=slide)
     assert torch.equal(got, reference_greedy(m, prompt, 50, slide))
 
 
@@ -82,20 +122,20 @@ def test_slide_one_is_the_crop_rule():
     with torch.no_grad():
         for _ in range(40):
             seq = torch.cat([seq, m(seq[:, -16:])[0][:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(m.generate(seq[:, :3], 40, temperature=0, slide=1), seq)
+    assert torch.equal(generate(m, seq[:, :3], 40, temperature=0, slide=1), seq)
 
 
 def test_long_prompt_is_cropped_to_the_block():
     m = model(block_size=16)
     prompt = torch.randint(0, 13, (1, 40))
-    out = m.generate(prompt, 5, temperature=0)
+    out = generate(m, prompt, 5, temperature=0)
     assert out.shape == (1, 45) and torch.equal(out[:, :40], prompt)
 
 
 def test_greedy_is_argmax_of_full_forward():
     m = model()
     prompt = torch.randint(0, 13, (2, 4))
-    out = m.generate(prompt, 8, temperature=0)
+    out = generate(m, prompt, 8, temperature=0)
     with torch.no_grad():
         for t in range(4, 12):
             assert torch.equal(out[:, t], m(out[:, :t])[0][:, -1].argmax(-1))
@@ -104,9 +144,9 @@ def test_greedy_is_argmax_of_full_forward():
 def test_seeded_sampling_is_deterministic():
     m = model()
     prompt = torch.zeros((1, 1), dtype=torch.long)
-    a = m.generate(prompt, 30, generator=torch.Generator().manual_seed(7))
-    b = m.generate(prompt, 30, generator=torch.Generator().manual_seed(7))
-    c = m.generate(prompt, 30, generator=torch.Generator().manual_seed(8))
+    a = generate(m, prompt, 30, generator=torch.Generator().manual_seed(7))
+    b = generate(m, prompt, 30, generator=torch.Generator().manual_seed(7))
+    c = generate(m, prompt, 30, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -132,13 +172,14 @@ def test_python_api_and_export_round_trip(trained_run, tmp_path):
     gen = load_generator(trained_run, device="cpu")
     text = gen.generate("the king", max_new_tokens=40, seed=3)
     assert text.startswith("the king") and len(text) == len("the king") + 40
-    assert "".join(gen.stream("the king", max_new_tokens=40, seed=3)) == text[len("the king"):]
+    assert "".join(gen.stream("the king", max_new_tokens=40, seed=3)) == text[len("the king") :]
 
     out = export(trained_run, tmp_path / "exported")
     assert {p.name for p in out.iterdir()} == {"model.pt", "tokenizer.json", "config.json"}
     assert load_generator(out, device="cpu").generate("the king", max_new_tokens=40, seed=3) == text
     (out / "config.json").unlink()  # sizes from the weights' shapes, n_head given
-    from lit_gpt_char.checkpoint import load_exported
+    from lit_gpt_char.core.checkpoint import load_exported
+
     loaded = load_exported(out / "model.pt", out / "tokenizer.json", n_head=2)
     assert load_generator(loaded, device="cpu").generate("the king", max_new_tokens=40, seed=3) == text
 
@@ -164,10 +205,10 @@ def test_int8_weights_stay_close_to_float32(trained_run):
 
 @pytest.mark.slow
 def test_compiled_decoder_matches_eager():
-    """compile=True (torch.compile of Decoder.step, dynamic shapes) writes the same greedy text,
+    """compile=True (torch.compile of GPT.forward, dynamic shapes) writes the same greedy text,
     past the block size (so through re-prefills) and for two calls in a row (no recompiles)."""
     m = model(block_size=16)
     prompt = torch.randint(0, 13, (2, 3))
-    eager = m.generate(prompt, 40, temperature=0)
+    eager = generate(m, prompt, 40, temperature=0)
     for _ in range(2):
-        assert torch.equal(m.generate(prompt, 40, temperature=0, compile=True), eager)
+        assert torch.equal(generate(m, prompt, 40, temperature=0, compile=True), eager)

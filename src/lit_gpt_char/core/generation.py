@@ -1,0 +1,409 @@
+"""Generation: a key/value cache, sampling, and text in / text out for scripts and notebooks.
+
+    from lit_gpt_char import load_generator
+    gen = load_generator("outputs/train/runs/<run>")      # or a .ckpt, or an export dir
+    print(gen.generate("ROMEO:", max_new_tokens=200, seed=1))
+    for piece in gen.stream("JULIET:", max_new_tokens=200):
+        print(piece, end="", flush=True)
+
+The prompt is prefilled once through `GPT.forward` with a `KVCache`; every new character is one
+more position through that same forward. Needs only the checkpoint (model config and tokenizer
+travel inside it), and no Lightning.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lit_gpt_char.core.checkpoint import Loaded, load_any
+from lit_gpt_char.core.model import GPT, LayerOps, ModelOps
+from lit_gpt_char.core.tokenizer import CharTokenizer
+from lit_gpt_char.errors import UserError
+from lit_gpt_char.options import Options, build, option
+
+PRECISIONS = {
+    "32": torch.float32,
+    "32-true": torch.float32,
+    "bf16": torch.bfloat16,
+    "bf16-true": torch.bfloat16,
+    "16": torch.float16,
+    "16-true": torch.float16,
+    "int8": torch.bfloat16,
+}
+
+
+@dataclass
+class SamplingOptions(Options):
+    """How each next character is drawn; the options of `TextGenerator.generate` and of `sample`."""
+
+    max_new_tokens: int = option(
+        500, "characters to generate (past block_size the context slides)", ge=0, le=100_000_000
+    )
+    temperature: float = option(0.8, "0: greedy; 1: the model's distribution; higher: flatter", ge=0, le=1e4)
+    top_k: int | None = option(None, "sample among the k most likely characters only; null: all", ge=1)
+    top_p: float | None = option(
+        None, "sample among the most likely characters holding this much probability; null: all", gt=0, le=1
+    )
+    seed: int | None = option(
+        1337, "same seed and options, same text (on the same device); null: random", ge=0, le=2**64 - 1
+    )
+    slide: int | None = option(
+        None,
+        "positions dropped when the context is full; null: block_size // 2 "
+        "(1 = crop to the last block_size characters)",
+        ge=1,
+    )
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far (at most max_len).
+
+    Allocated once, on the model's device: in the model's dtype, except on a CPU, where it is
+    float32 whatever the weights, because the CPU attention kernel is ~4x slower in bf16 for a
+    single query (and float32 is the more exact anyway). `update` converts into that dtype.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_head: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
+        device = torch.device(device)
+        dtype = torch.float32 if device.type == "cpu" else dtype
+        shape = (n_layer, batch, n_head, max_len, head_dim)
+        # One list entry per layer, so an update indexes no tensor.
+        self.k = list(torch.empty(shape, dtype=dtype, device=device).unbind(0))
+        self.v = list(torch.empty(shape, dtype=dtype, device=device).unbind(0))
+        self.max_len, self.dtype = max_len, dtype
+        self.pos = 0  # positions stored so far, in every layer
+
+    @classmethod
+    def for_model(cls, model: GPT, batch: int) -> KVCache:
+        cfg, w = model.config, model.wte.weight
+        return cls(cfg.n_layer, batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head, w.dtype, w.device)
+
+    @property
+    def full(self) -> bool:
+        return self.pos >= self.max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, hd) at positions pos..pos+T-1 of `layer`; return that layer's keys and
+        values of positions 0..pos+T-1. (GPT.forward moves pos on once every layer has its share.)"""
+        end = self.pos + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > {self.max_len}")
+        kc, vc = self.k[layer], self.v[layer]
+        kc[:, :, self.pos : end] = k
+        vc[:, :, self.pos : end] = v
+        return kc[:, :, :end], vc[:, :, :end]
+
+
+class Decoder:
+    """A model and its cache: prefill a context, then add one position per step.
+
+    Both run GPT.forward over the cache in eval mode, with the weights bound into plain functions
+    once (`bind`): the same maths as training, without a module call per operation. compile=True
+    runs them through one torch.compile'd forward instead (dynamic shapes, so a growing cache
+    does not recompile it).
+    """
+
+    def __init__(self, model: GPT, batch: int, compile: bool = False):
+        self.cache = KVCache.for_model(model, batch)
+        self.forward = compiled(model) if compile else functools.partial(model.forward, bound=bind(model))
+
+    @property
+    def full(self) -> bool:
+        """No room for another position: prefill a shorter context (slide the window)."""
+        return self.cache.full
+
+    def prefill(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) after the context idx (B, T), which replaces whatever was cached."""
+        self.cache.pos = 0
+        return self.forward(idx, cache=self.cache)[0][:, -1]
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) after one more id per row, ids (B,)."""
+        if self.cache.full:
+            raise ValueError(
+                f"position {self.cache.pos} is past block_size {self.cache.max_len}: prefill a shorter context"
+            )
+        return self.forward(ids[:, None], cache=self.cache)[0][:, -1]
+
+
+def bind(model: GPT) -> ModelOps:
+    """model.ops() with each module replaced by the function it computes, its weights bound in."""
+    ops = model.ops()
+    return ModelOps(
+        [LayerOps(*map(bound_function, layer)) for layer in ops.layers],
+        bound_function(ops.ln_f),
+        bound_function(ops.head),
+    )
+
+
+def bound_function(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What module(x) computes, as a plain function of x (forward hooks do not run)."""
+    if type(module) is nn.Linear:
+        return functools.partial(F.linear, weight=module.weight, bias=module.bias)
+    if type(module) is nn.LayerNorm:
+        return functools.partial(
+            F.layer_norm,
+            normalized_shape=module.normalized_shape,
+            weight=module.weight,
+            bias=module.bias,
+            eps=module.eps,
+        )
+    if type(module) is Int8Linear:
+        return functools.partial(int8_linear, weight=module.weight, scales=module.scales, bias=module.bias)
+    return module.forward
+
+
+@functools.cache
+def _compiled_forward() -> Callable:
+    return torch.compile(GPT.forward, dynamic=True)
+
+
+def compiled(model: GPT) -> Callable:
+    """model.forward through one torch.compile'd GPT.forward shared by every model (one compile per process)."""
+    return functools.partial(_compiled_forward(), model)
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One id per row of logits (B, V): greedy at temperature 0, else from the filtered softmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass;
+        # the most likely token always stays.
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_stream(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    slide: int | None = None,
+    compile: bool = False,
+) -> Iterator[torch.Tensor]:
+    """Yield max_new_tokens new ids, one (B,) tensor per step, continuing each row of idx.
+
+    The prompt is prefilled once; each new token then costs one position through the
+    key/value cache. Learned positions stop at block_size, so when the cache is full the
+    window slides: the context is cut to its last block_size - slide + 1 characters
+    (default slide = block_size // 2) and prefilled again from position 0. Each token is
+    thus predicted from at least block_size - slide + 1 characters (from all of them while
+    the text is shorter than block_size), at one re-prefill every `slide` new tokens.
+    slide=1 is exactly the usual "crop to the last block_size characters" rule, at the
+    cost of a full forward pass per token. The model must be in eval mode.
+    """
+    if max_new_tokens <= 0:
+        return
+    w = model.config.block_size
+    slide = max(1, w // 2) if slide is None else slide
+    if not 1 <= slide <= w:
+        raise ValueError(f"slide must be in [1, block_size={w}], got {slide}")
+    keep = w - slide + 1  # context length right after a slide
+    window = idx[:, -w:]  # the last w tokens seen so far, kept for re-prefills after a slide
+    decoder = Decoder(model, batch=idx.shape[0], compile=compile)
+    logits = decoder.prefill(window)
+    for step in range(max_new_tokens):
+        nxt = sample_logits(logits, temperature, top_k, top_p, generator)
+        yield nxt
+        if step == max_new_tokens - 1:
+            break
+        window = torch.cat([window, nxt[:, None]], dim=1)[:, -w:]
+        logits = decoder.prefill(window[:, -keep:]) if decoder.full else decoder.step(nxt)
+
+
+@torch.inference_mode()
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+    """idx (B, T) followed by max_new_tokens sampled ids; see generate_stream for the options."""
+    new = list(generate_stream(model, idx, max_new_tokens, **kwargs))
+    return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx
+
+
+# --- int8 weights -----------------------------------------------------------------------------------------
+class Int8Linear(nn.Module):
+    """A Linear with weight-only int8 weights (one scale per output row) and bf16 activations.
+
+    Generating one character reads every weight once, so on a CPU a decode step is bound by
+    memory traffic: int8 weights are 4x fewer bytes than float32 and make batch-1 sampling
+    ~3x faster. Per-row scaling keeps each weight within 0.4% of its range.
+    """
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
+        self.register_buffer("weight", torch.round(w / scales[:, None]).to(torch.int8))
+        self.register_buffer("scales", scales.to(dtype))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return int8_linear(x, self.weight, self.scales, self.bias)
+
+
+def int8_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ (weight * scales).T + bias, for int8 weight rows with one scale each."""
+    rows = x.numel() // x.shape[-1]
+    if rows > 8:  # a prefill: the int8 kernel is made for a few rows; dequantize once instead
+        return F.linear(x, weight.to(x.dtype) * scales[:, None], bias)
+    y = torch._weight_int8pack_mm(x.reshape(rows, x.shape[-1]), weight, scales).view(*x.shape[:-1], -1)
+    return y if bias is None else y + bias
+
+
+def quantize_int8(model: GPT) -> GPT:
+    """Swap every Linear (the blocks' and the head) for Int8Linear; the token embedding stays as
+    it is (the head gets its own int8 copy of the tied matrix)."""
+    dtype = next(model.parameters()).dtype
+    for parent in [model, *(m for block in model.blocks for m in (block.attn, block.mlp))]:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child, dtype))
+    return model
+
+
+# --- text in, text out --------------------------------------------------------------------------------------
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device}: no CUDA device is available here: use device=cpu or device=auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"device={device}: not a device: use auto, cpu, cuda or cuda:N") from None
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 on GPUs that support it; int8 weights on CPUs, where a decode step is bound by
+    reading every weight once (int8 weights sample ~3x faster than float32 at the same quality)."""
+    precision = str(precision)
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "32"
+        return "int8" if device.type == "cpu" else "32"
+    if precision not in PRECISIONS:
+        raise UserError(f"precision={precision}: must be one of auto, {', '.join(PRECISIONS)}")
+    return precision
+
+
+class TextGenerator:
+    """A trained model and its tokenizer on one device, ready to write text.
+
+    int8=True stores the blocks' weights as int8 (see Int8Linear); dtype is then bf16.
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        tokenizer: CharTokenizer,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        int8: bool = False,
+    ):
+        self.num_params = model.num_params()
+        self.model = model.to(device=device, dtype=dtype).eval()
+        if int8:
+            quantize_int8(self.model)
+        self.tokenizer, self.device, self.dtype, self.int8 = tokenizer, device, dtype, int8
+        self.compiled = False
+
+    @property
+    def precision(self) -> str:
+        return "int8 weights, bf16 activations" if self.int8 else str(self.dtype).removeprefix("torch.")
+
+    def compile(self) -> TextGenerator:
+        """torch.compile the forward that prefills and decodes; worth it for long generations on a
+        GPU above all: the first call compiles."""
+        self.compiled = True
+        return self
+
+    def encode_prompt(self, prompt: str, on_unknown: str = "error") -> list[int]:
+        if on_unknown not in ("error", "skip"):
+            raise UserError(f"on_unknown={on_unknown}: must be one of error, skip")
+        unknown = self.tokenizer.unknown(prompt)
+        if unknown and on_unknown == "error":
+            shown = ", ".join(repr(c) for c in unknown)
+            raise UserError(
+                f"the prompt has {len(unknown)} character(s) not in the model's vocabulary: {shown}. "
+                "Remove them, or pass on_unknown=skip to drop them."
+            )
+        prompt = "".join(c for c in prompt if c in self.tokenizer.stoi)
+        if not prompt:
+            raise UserError("the prompt is empty (after dropping unknown characters): give at least one character")
+        return self.tokenizer.encode(prompt)
+
+    def stream(self, prompt: str = "\n", on_unknown: str = "error", **options) -> Iterator[str]:
+        """Yield the new text one character at a time (the prompt is not repeated).
+
+        options are SamplingOptions' (max_new_tokens, temperature, top_k, top_p, seed, slide).
+        Bad options and prompts raise here, at the call, not at the first character."""
+        opts = build(SamplingOptions, options)
+        return self._new_chars(self.encode_prompt(prompt, on_unknown), opts)
+
+    def _new_chars(self, ids: list[int], opts: SamplingOptions) -> Iterator[str]:
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(opts.seed) if opts.seed is not None else generator.seed()
+        for nxt in generate_stream(
+            self.model,
+            idx,
+            opts.max_new_tokens,
+            opts.temperature,
+            opts.top_k,
+            opts.top_p,
+            generator,
+            opts.slide,
+            compile=self.compiled,
+        ):
+            yield self.tokenizer.chars[int(nxt[0])]
+
+    def generate(self, prompt: str = "\n", on_unknown: str = "error", **options) -> str:
+        """The prompt (less any skipped characters) followed by max_new_tokens generated characters."""
+        opts = build(SamplingOptions, options)
+        ids = self.encode_prompt(prompt, on_unknown)
+        return self.tokenizer.decode(ids) + "".join(self._new_chars(ids, opts))
+
+
+def load_generator(
+    path: str | Path | Loaded, device: str = "auto", precision: str = "auto", compile: bool = False
+) -> TextGenerator:
+    """A TextGenerator from a .ckpt, a run directory, or an export directory (model.pt + tokenizer.json)."""
+    loaded = path if isinstance(path, Loaded) else load_any(path)
+    dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
+    gen = TextGenerator(loaded.build(), loaded.tokenizer, dev, PRECISIONS[precision], int8=precision == "int8")
+    return gen.compile() if compile else gen

@@ -1,0 +1,195 @@
+"""The train command's config: one schema per group, registered for conf/ to build on.
+
+    model.*     ModelConfig       (training.module: GPTConfig's shape + compile)
+    optim.*     OptimConfig       (training.optim)
+    data.*      DataConfig        (training.data)
+    trainer.*   TrainerConfig     (below: the Lightning Trainer arguments the configs use)
+    paths.*     PathsConfig       (below)
+    callbacks.generate_samples.*, callbacks.plot_curves.*   (training.callbacks)
+    seed, ckpt_path, resume, ...  TrainConfig (below: the top-level keys)
+
+conf/train.yaml and its groups select these and override values; the defaults are here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from lit_gpt_char.config import register
+from lit_gpt_char.errors import UserError
+from lit_gpt_char.options import Options, option
+from lit_gpt_char.training.callbacks import GenerateSamplesConfig, PlotCurvesConfig
+from lit_gpt_char.training.data import DataConfig
+from lit_gpt_char.training.module import ModelConfig
+from lit_gpt_char.training.optim import OptimConfig
+
+PRECISIONS = (
+    "bf16-mixed",
+    "16-mixed",
+    "32-true",
+    "64-true",
+    "bf16-true",
+    "16-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "16",
+    "32",
+    "64",
+    "bf16",
+    16,
+    32,
+    64,
+)
+
+
+@dataclass
+class TrainerConfig(Options):
+    """trainer.*: arguments of lightning.pytorch.Trainer. These are the ones the configs use; any
+    other Trainer argument can be added with +trainer.NAME=VALUE."""
+
+    KEY = "trainer"
+    OPEN = True  # +trainer.NAME=VALUE: any other Trainer argument, checked by Lightning
+    _target_: str = "lightning.pytorch.Trainer"
+    default_root_dir: str | None = option("${paths.output_dir}", "Lightning's own files (the run directory)")
+    accelerator: str = option("auto", "cpu | gpu | mps | auto", choices=("auto", "cpu", "gpu", "cuda", "mps", "tpu"))
+    devices: Any = option(1, "devices per node: N, a list of indices, 'auto' or -1 (all)")
+    num_nodes: int = option(1, "machines (trainer=ddp on SLURM, see the README)", ge=1)
+    precision: Any = option(
+        "${fast_precision:${.accelerator}}",
+        "bf16-mixed | 16-mixed | 32-true | ...; default: the fast one for the machine (bf16 "
+        "autocast on Ampere+ GPUs and AVX512-BF16/AMX CPUs, 16-mixed on older GPUs, float32 "
+        "elsewhere); master weights stay float32 either way",
+    )
+    strategy: Any = option("auto", "auto | ddp | ddp_spawn | fsdp | a strategy config (trainer=ddp, fsdp)")
+    max_steps: int = option(5000, "optimizer steps to train for; -1: by max_epochs", ge=-1)
+    max_epochs: int | None = option(-1, "epochs of data.batches_per_epoch batches; -1: by max_steps", ge=-1)
+    max_time: Any = option(None, "stop after this much wall time, e.g. 00:00:10:00 (DD:HH:MM:SS); null: no limit")
+    val_check_interval: Any = option(500, "validate every N training steps (an integer >= 1)")
+    check_val_every_n_epoch: int | None = option(None, "null: count val_check_interval over the whole run", ge=1)
+    limit_train_batches: Any = option(None, "train on N batches (or a fraction) per epoch; null: all")
+    limit_val_batches: Any = option(None, "validate on N batches (or a fraction); 0: no validation; null: all")
+    num_sanity_val_steps: int = option(2, "validation batches run before training, to catch errors early", ge=-1)
+    gradient_clip_val: float | None = option(1.0, "clip the gradient norm to this; null or 0: no clipping", ge=0)
+    gradient_clip_algorithm: str | None = option(None, "norm (default) | value", choices=None)
+    accumulate_grad_batches: int = option(1, "batches whose gradients add up to one optimizer step", ge=1)
+    log_every_n_steps: int = option(1, "steps between logged training points", ge=1)
+    enable_checkpointing: bool = option(True, "the checkpoint callback (callbacks.model_checkpoint)")
+    enable_progress_bar: bool = option(True, "a progress bar on the terminal")
+    enable_model_summary: bool = option(True, "print the model's layers at the start")
+    deterministic: Any = option(False, "deterministic algorithms only (slower): true | false | warn")
+    benchmark: bool | None = option(None, "cudnn.benchmark")
+    fast_dev_run: Any = option(False, "true or N: run N (1) batches of training and validation, no logs (debug=fdr)")
+    detect_anomaly: bool = option(False, "torch.autograd's anomaly detection (slow)")
+    profiler: str | None = option(None, "simple | advanced | pytorch")
+    logger: Any = option(None, "set by the logger group; false: no logger")
+    plugins: Any = option(
+        help="Trainer plugins; the default writes checkpoints atomically",
+        factory=lambda: [{"_target_": "lit_gpt_char.training.callbacks.AtomicCheckpointIO"}],
+    )
+
+    def check(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(
+                f"trainer.precision={self.precision}: must be one of "
+                f"{', '.join(str(p) for p in PRECISIONS if isinstance(p, str))}"
+            )
+        if self.gradient_clip_algorithm not in (None, "norm", "value"):
+            raise UserError(
+                f"trainer.gradient_clip_algorithm={self.gradient_clip_algorithm}: must be null, norm or value"
+            )
+        v = self.val_check_interval
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (isinstance(v, float) and v > 1):
+            raise UserError(f"trainer.val_check_interval={v}: must be an integer >= 1 (steps between validations)")
+        if self.max_steps == 0:
+            raise UserError("trainer.max_steps=0: must be >= 1 (or -1 to train by max_epochs)")
+        if self.max_steps == -1 and self.max_epochs in (None, -1) and self.max_time is None:
+            raise UserError("trainer.max_steps=-1: with max_epochs=-1 the run would never end: set one of them")
+        for name in ("limit_train_batches", "limit_val_batches"):
+            lim = getattr(self, name)
+            if lim is not None and (
+                isinstance(lim, bool)
+                or not isinstance(lim, (int, float))
+                or lim < 0
+                or (isinstance(lim, float) and lim > 1)
+            ):
+                raise UserError(f"trainer.{name}={lim}: must be null, an integer >= 0 or a fraction in [0, 1]")
+        if (
+            isinstance(v, int)
+            and self.max_steps > 0
+            and v > self.max_steps
+            and not self.fast_dev_run
+            and self.limit_val_batches != 0
+        ):
+            raise UserError(
+                f"trainer.val_check_interval={v}: must be <= trainer.max_steps={self.max_steps}, or no "
+                f"validation would run: e.g. trainer.val_check_interval={self.max_steps} (or "
+                "trainer.limit_val_batches=0 to train without validation)"
+            )
+
+
+@dataclass
+class PathsConfig(Options):
+    """paths.*: where corpora live and where runs write."""
+
+    KEY = "paths"
+    data_dir: str | None = option(
+        None, "where corpora are downloaded and kept; null: $LIT_GPT_CHAR_DATA_DIR, else ./data"
+    )
+    log_dir: str = option("${oc.env:LIT_GPT_CHAR_LOG_DIR,outputs}", "root of all runs (each gets its own directory)")
+    output_dir: str = option(
+        "${hydra:runtime.output_dir}",
+        "this run's directory: checkpoints/, tensorboard/, plots/, tokenizer.json, .hydra/, train.log",
+    )
+
+
+@dataclass
+class TrainConfig(Options):
+    """The top-level keys of `python -m lit_gpt_char.train` (the groups have their own schemas)."""
+
+    task_name: str = option("train", "runs go to paths.log_dir/<task_name>/")
+    seed: int = option(1337, "seeds weights, data order, dropout (same seed, same run)", ge=0, le=2**32 - 1)
+    ckpt_path: str | None = option(
+        None,
+        "a .ckpt to resume from (weights, optimizer, schedule, data sampler, "
+        "RNG and step); outputs go on in its run directory",
+    )
+    resume: str | None = option(None, "auto: resume the newest last.ckpt of the same experiment", choices=("auto",))
+    matmul_precision: str | None = option(
+        "high", "float32 matmuls: highest | high (TF32 on Ampere+ GPUs) | medium", choices=("highest", "high", "medium")
+    )
+    print_config: bool = option(True, "print the composed config at the start")
+    # The groups, each with its own schema; {} here so that merging this schema never clears one.
+    model: Any = option(help="the model group: ModelConfig", factory=dict)
+    optim: Any = option(help="the optim group: OptimConfig", factory=dict)
+    data: Any = option(help="the data group: DataConfig", factory=dict)
+    trainer: Any = option(help="the trainer group: TrainerConfig", factory=dict)
+    callbacks: Any = option(help="named callbacks, each a config Hydra instantiates", factory=dict)
+    logger: Any = option(help="named loggers, each a config Hydra instantiates", factory=dict)
+    paths: Any = option(help="the paths group: PathsConfig", factory=dict)
+
+    def check(self) -> None:
+        if self.resume == "auto" and self.ckpt_path is not None:
+            raise UserError(f"resume=auto and ckpt_path={self.ckpt_path}: give one of them")
+
+
+def node(cls: type, target: str) -> type:
+    """cls with a `_target_` field: the schema of a config node that Hydra instantiates."""
+    return dataclasses.make_dataclass(
+        cls.__name__ + "Node", [("_target_", str, dataclasses.field(default=target))], bases=(cls,)
+    )
+
+
+SCHEMAS: dict[str, type] = {
+    "train": TrainConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "data": DataConfig,
+    "trainer": TrainerConfig,
+    "paths": PathsConfig,
+    "generate_samples": node(GenerateSamplesConfig, "lit_gpt_char.training.callbacks.GenerateSamples"),
+    "plot_curves": node(PlotCurvesConfig, "lit_gpt_char.training.callbacks.PlotCurves"),
+}
+for _name, _schema in SCHEMAS.items():
+    register(_name, _schema)

@@ -1,0 +1,163 @@
+"""What several test files use: a learnable corpus, tiny-run flags, CLI runners (a subprocess, or
+in-process through the entry point's own main), config composition, fake runs and TensorBoard reads."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import lit_gpt_char.config  # noqa: F401  (registers the ${fast_precision:} resolver the configs use)
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CORPUS = Path(os.environ.get("LIT_GPT_CHAR_DATA_DIR", REPO / "data")) / "tinyshakespeare.txt"
+BASELINE = REPO.parent / "shared" / "bench" / "baseline.py"
+
+# Flags that make a CLI training run small and quiet; tests add what they check.
+TINY = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "model.dropout=0.0",
+    "data.batch_size=16",
+    "trainer.accelerator=cpu",
+    "trainer.precision=32-true",
+    "optim.lr=3e-3",
+    "optim.warmup_steps=5",
+    "print_config=false",
+    "callbacks.generate_samples.max_new_tokens=20",
+    "~callbacks.rich_progress_bar",
+]
+
+
+def make_text(n_chars: int = 20_000, seed: int = 0) -> str:
+    """Learnable text: sentences built from a small grammar, so a tiny model's loss falls fast."""
+    rng = random.Random(seed)
+    subjects = ["the king", "a fool", "my lord", "the queen", "good sir"]
+    verbs = ["speaks", "laughs", "weeps", "sings", "sleeps"]
+    endings = ["tonight.", "in the hall.", "for rome!", "again?", "with joy."]
+    lines = []
+    while sum(len(s) + 1 for s in lines) < n_chars:
+        lines.append(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(endings)}")
+    return "\n".join(lines)[:n_chars]
+
+
+def clean_env(extra: dict | None = None) -> dict:
+    """The environment for a CLI subprocess: no traceback switches of ours, unbuffered output."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LIT_GPT_CHAR_TRACEBACK")}
+    env.update({"PYTHONUNBUFFERED": "1", **(extra or {})})
+    return env
+
+
+def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
+    """Run `python -m lit_gpt_char.<module> args...` and return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", f"lit_gpt_char.{module}", *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(env),
+    )
+
+
+def popen_train(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lit_gpt_char.train", *args],
+        cwd=REPO,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def run_main(main: Callable[[], object], *args: str) -> int:
+    """Run an entry point's main() in this process as `prog args...`; its exit status."""
+    GlobalHydra.instance().clear()
+    argv, sys.argv = sys.argv, ["prog", *args]
+    try:
+        main()
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+
+
+def compose_config(name: str, overrides: list[str], tmp_path: Path | None = None) -> DictConfig:
+    """conf/<name>.yaml composed with overrides, as the command would see it (paths under tmp_path)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="lit_gpt_char.conf", version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        if tmp_path is not None and "paths" in cfg:
+            cfg.paths.output_dir = str(tmp_path)
+            cfg.paths.data_dir = str(tmp_path / "data")
+        del cfg["hydra"]
+    return cfg
+
+
+def compose_train(overrides: list[str], tmp_path: Path | None = None) -> DictConfig:
+    import lit_gpt_char.training.config  # noqa: F401  (registers the schemas)
+
+    return compose_config("train", overrides, tmp_path)
+
+
+def compose_hydra(overrides: list[str]) -> DictConfig:
+    """The train config with its `hydra` node (launcher, sweeper), as Hydra composes it."""
+    import lit_gpt_char.training.config  # noqa: F401  (registers the schemas)
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="lit_gpt_char.conf", version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag a run logged to TensorBoard: [(step, value), ...]."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={SCALARS: 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def fake_run(run_dir: Path, n_steps: int = 50, val_every: int | None = None) -> Path:
+    """A run directory with the events a training run logs: train/loss every step, val/loss sometimes."""
+    import math
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run_dir / "tensorboard")) as w:
+        for step in range(n_steps):
+            w.add_scalar("train/loss", 4.0 * math.exp(-step / 20) + 1.0 + 0.05 * (-1) ** step, step)
+            if val_every and (step + 1) % val_every == 0:
+                w.add_scalar("val/loss", 4.0 * math.exp(-step / 25) + 1.2, step)
+    return run_dir
+
+
+def wait_for_checkpoint(path: Path, min_step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.is_file():
+            try:
+                if torch.load(path, weights_only=True)["global_step"] >= min_step:
+                    return
+            except Exception:
+                pass  # being replaced right now
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint in time")

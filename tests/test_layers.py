@@ -1,0 +1,70 @@
+"""The layers the tree shows, enforced: core imports no Lightning or Hydra, sampling imports no
+Lightning, results import no torch, and no layer imports one below it."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "lit_gpt_char"
+HEAVY = ("lightning", "lightning_fabric", "pytorch_lightning", "torch", "hydra", "matplotlib", "tensorboard")
+
+
+def loaded_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split()) & set(HEAVY)
+
+
+@pytest.mark.parametrize(
+    "statement, forbidden",
+    [
+        ("import lit_gpt_char.sample", {"lightning", "lightning_fabric", "pytorch_lightning"}),
+        ("from lit_gpt_char import load_generator; load_generator", {"lightning", "lightning_fabric", "hydra"}),
+        (
+            "import lit_gpt_char.core.model, lit_gpt_char.core.generation, lit_gpt_char.core.checkpoint",
+            {"lightning", "lightning_fabric", "hydra"},
+        ),
+        ("import lit_gpt_char.plot, lit_gpt_char.report", {"torch", "lightning", "lightning_fabric"}),
+    ],
+)
+def test_what_each_entry_loads(statement, forbidden):
+    assert not loaded_after(statement) & forbidden
+
+
+def imports_of(path: Path) -> set[str]:
+    """lit_gpt_char modules a file imports (at any depth in the file, lazily too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lit_gpt_char"):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("lit_gpt_char")}
+    return found
+
+
+# What each layer may import of ours (besides itself).
+ALLOWED = {
+    "core": ("lit_gpt_char.errors", "lit_gpt_char.options", "lit_gpt_char.core"),
+    "training": (
+        "lit_gpt_char.errors",
+        "lit_gpt_char.options",
+        "lit_gpt_char.core",
+        "lit_gpt_char.training",
+        "lit_gpt_char.results",
+        "lit_gpt_char.config",
+    ),
+    "results": ("lit_gpt_char.errors", "lit_gpt_char.results"),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_no_layer_imports_a_layer_below_it(layer):
+    for path in (SRC / layer).glob("*.py"):
+        for module in imports_of(path):
+            assert module.startswith(ALLOWED[layer]) or module == "lit_gpt_char", f"{path.name} imports {module}"

@@ -1,0 +1,101 @@
+"""The learning-rate schedule, the optimizer's parameter groups, and gradient clipping."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lit_gpt_char.training.module import LitGPT
+from lit_gpt_char.training.optim import OptimConfig, build_optimizer, warmup_cosine
+
+LR, MIN, WARM, DECAY = 1e-3, 1e-4, 10, 110
+
+
+def test_warmup_is_linear_from_above_zero_to_lr():
+    lrs = [warmup_cosine(s, LR, MIN, WARM, DECAY) for s in range(WARM + 1)]
+    assert lrs[0] == pytest.approx(LR / (WARM + 1)) and lrs[0] > 0
+    assert all(b - a == pytest.approx(LR / (WARM + 1)) for a, b in itertools.pairwise(lrs))
+    assert lrs[WARM] == pytest.approx(LR)
+
+
+def test_cosine_decays_to_min_lr_and_stays_there():
+    mid = WARM + (DECAY - WARM) // 2
+    assert warmup_cosine(mid, LR, MIN, WARM, DECAY) == pytest.approx((LR + MIN) / 2)
+    after = [warmup_cosine(s, LR, MIN, WARM, DECAY) for s in range(WARM, DECAY + 50)]
+    assert all(a >= b for a, b in itertools.pairwise(after))  # never rises after warmup
+    assert after[DECAY - WARM] == MIN and after[-1] == MIN
+    # A quarter of the way: the cosine, not a straight line.
+    q = WARM + (DECAY - WARM) // 4
+    assert warmup_cosine(q, LR, MIN, WARM, DECAY) == pytest.approx(MIN + 0.5 * (1 + math.cos(math.pi / 4)) * (LR - MIN))
+
+
+def test_no_warmup_and_constant_lr():
+    assert warmup_cosine(0, LR, MIN, 0, DECAY) == pytest.approx(LR)
+    assert all(warmup_cosine(s, LR, LR, 0, 50) == pytest.approx(LR) for s in range(100))  # experiment=seed
+
+
+def test_scheduler_follows_the_schedule_and_decays_over_the_run():
+    """decay_steps null: the cosine ends at the run's last step."""
+    w = torch.nn.Parameter(torch.zeros(2, 2))
+    cfg = OptimConfig(lr=LR, min_lr=MIN, warmup_steps=WARM)
+    opt, sched = build_optimizer([("w", w)], {"w"}, cfg, total_steps=DECAY, fused=False)
+    seen = []
+    for _ in range(DECAY + 5):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([warmup_cosine(s, LR, MIN, WARM, DECAY) for s in range(DECAY + 5)])
+    _, sched = build_optimizer(
+        [("w", w)],
+        {"w"},
+        OptimConfig(lr=LR, min_lr=MIN, warmup_steps=WARM, decay_steps=60),
+        total_steps=DECAY,
+        fused=False,
+    )
+    assert sched.lr_lambdas[0](60) * LR == pytest.approx(MIN)  # an explicit decay_steps wins
+
+
+def test_weight_decay_on_matrices_only():
+    module = LitGPT(
+        list("abcd"), {"n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 8, "bias": True}, {"weight_decay": 0.3}
+    )
+    opt = module.configure_optimizers()["optimizer"]
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.3 for p in g["params"]}
+    for name, p in module.model.named_parameters():
+        assert (id(p) in decayed) == (p.dim() >= 2), name
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(module.model.parameters()))
+
+
+def grads_after_clipping(clip: float | None, algorithm: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradients before, after) LitGPT.configure_gradient_clipping, flattened."""
+    torch.manual_seed(0)
+    module = LitGPT(list("abcd"), {"n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 8})
+    module._trainer = SimpleNamespace(precision="32-true", strategy=None)
+    x = torch.randint(0, 4, (4, 8))
+    module(x, x)[1].mul(1000).backward()  # large gradients, so clipping bites
+    before = torch.cat([p.grad.flatten() for p in module.parameters()]).clone()
+    module.configure_gradient_clipping(None, clip, algorithm)
+    return before, torch.cat([p.grad.flatten() for p in module.parameters()])
+
+
+def test_clipping_by_norm_scales_the_whole_gradient_down_to_the_limit():
+    before, after = grads_after_clipping(0.5, "norm")
+    assert before.norm() > 0.5 and after.norm() == pytest.approx(0.5, rel=1e-4)
+    assert torch.allclose(after, before * (after.norm() / before.norm()), atol=1e-7)  # same direction
+
+
+def test_clipping_by_value_caps_each_element():
+    before, after = grads_after_clipping(1e-3, "value")
+    assert before.abs().max() > 1e-3 and after.abs().max() == pytest.approx(1e-3)
+    small = before.abs() < 1e-3
+    assert torch.equal(after[small], before[small])
+
+
+@pytest.mark.parametrize("clip", [None, 0.0])
+def test_no_clipping_leaves_gradients_alone(clip):
+    before, after = grads_after_clipping(clip, None)
+    assert torch.equal(before, after)
