@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, open_dict
 import lit_gpt_char.config  # noqa: F401  (registers the ${fast_precision:} resolver the configs use)
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
 REAL_CORPUS = Path(os.environ.get("LIT_GPT_CHAR_DATA_DIR", REPO / "data")) / "tinyshakespeare.txt"
 BASELINE = REPO.parent / "shared" / "bench" / "baseline.py"
 
@@ -161,3 +163,17 @@ def wait_for_checkpoint(path: Path, min_step: int, proc: subprocess.Popen, timeo
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.02)
     raise AssertionError("no checkpoint in time")
+
+
+class PoisonWeights(L.Callback):
+    """Turns the model's weights to NaN once `step` optimizer steps (and their validation) are done:
+    a divergence at a known point."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.fill_(float("nan"))

@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from helpers import TINY, popen_train, run_cli, run_main, scalars, wait_for_checkpoint
@@ -18,20 +17,6 @@ RESUME = [*TINY, "model.dropout=0.1", "trainer.max_steps=40", "trainer.val_check
 
 def curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return scalars(run_dir)[tag]
-
-
-class PoisonWeights(L.Callback):
-    """Turns the model's weights to NaN once `step` optimizer steps (and their validation) are done:
-    a divergence at a known point."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            with torch.no_grad():
-                for p in pl_module.parameters():
-                    p.fill_(float("nan"))
 
 
 @pytest.mark.slow
@@ -116,7 +101,7 @@ def test_nonfinite_loss_stops_with_step_and_last_good_checkpoint(tmp_path, corpu
         "trainer.val_check_interval=2",
         "data.val_max_batches=1",
         f"hydra.run.dir={run}",
-        f"+callbacks.poison._target_={__name__}.PoisonWeights",
+        "+callbacks.poison._target_=helpers.PoisonWeights",
         "+callbacks.poison.step=6",
     )
     err = capsys.readouterr().err

@@ -1,5 +1,7 @@
 """`python -m lit_gpt_char.sample` end to end, and every bad input it must explain."""
 
+import re
+
 import pytest
 import torch
 from helpers import run_cli, run_main
@@ -21,10 +23,9 @@ def test_sample_cli_stdout_is_only_text(trained_run, tmp_path):
         "stream=false",
     )
     assert r.returncode == 0, r.stderr
-    parts = [p for p in r.stdout.split("=" * 20 + "\n") if p.strip() and "sample " not in p[:20]]
-    assert len(parts) == 2 and all(
-        p.startswith("the king") and len(p.strip("\n")) >= len("the king") + 200 for p in parts
-    ), r.stdout
+    parts = re.split(r"^=+ sample \d/2 =+\n", r.stdout, flags=re.M)
+    assert parts[0] == "" and len(parts) == 3, r.stdout
+    assert all(p.startswith("the king") and len(p) == len("the king") + 200 + 1 for p in parts[1:]), parts
     assert "sample 1/2" in r.stdout and "sample 2/2" in r.stdout
     assert "characters/s" in r.stderr and "parameters" in r.stderr and "first character" in r.stderr
     assert "characters/s" not in r.stdout

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import TINY, compose_hydra, run_cli
+from helpers import TESTS, TINY, compose_hydra, run_cli
 from omegaconf import OmegaConf
 
 from lit_gpt_char.results.status import read_status
@@ -130,9 +130,18 @@ def test_sweep_configs_compose(option, target):
 
 @pytest.mark.slow
 def test_a_diverging_job_is_marked_and_scored_worst(tmp_path, corpus):
-    """optim.lr=inf makes the schedule's learning rate NaN: the weights and the loss go NaN."""
+    """The weights go NaN after step 3 (helpers.PoisonWeights): the loss goes NaN at step 4."""
     sweep = tmp_path / "sweep"
-    r = run_cli("train", "-m", *SHORT, f"data.path={corpus}", "optim.lr=inf", f"hydra.sweep.dir={sweep}")
+    poison = ["+callbacks.poison._target_=helpers.PoisonWeights", "+callbacks.poison.step=3"]
+    r = run_cli(
+        "train",
+        "-m",
+        *SHORT,
+        f"data.path={corpus}",
+        *poison,
+        f"hydra.sweep.dir={sweep}",
+        env={"PYTHONPATH": str(TESTS)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     info = read_status(sweep / "0")
     assert info["status"] == "diverged" and "training loss is nan" in info["error"]

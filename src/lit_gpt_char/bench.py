@@ -17,9 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 import lightning as L
 import torch
@@ -99,7 +101,9 @@ class StepTimer(L.Callback):
     def __init__(self, warmup: int):
         self.warmup, self.times, self._last = warmup, [], None
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         sync(pl_module.device)
         now = time.perf_counter()
         if self._last is not None and trainer.global_step > self.warmup:
@@ -108,7 +112,13 @@ class StepTimer(L.Callback):
 
 
 def time_plain_loop(
-    module, batches, device: torch.device, precision: str, clip: float | None, steps: int, warmup: int
+    module: LitGPT,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    precision: str,
+    clip: float | None,
+    steps: int,
+    warmup: int,
 ) -> float:
     """Seconds per step of the same model and optimizer in a hand-written loop."""
     model = module.model.to(device).train()
@@ -232,7 +242,7 @@ def bench_sample(cfg: DictConfig, s: Settings) -> dict:
     tok.save(out_dir / "tokenizer.json")
     (out_dir / "config.json").write_text(json.dumps(model.config.to_dict()))
     gen = load_generator(out_dir, device="auto", precision=cfg.sample_precision, compile=cfg.model.compile)
-    for _ in gen.stream("A", 5, seed=0):  # warm-up (and compilation, if any)
+    for _ in gen.stream("A", max_new_tokens=5, seed=0):  # warm-up (and compilation, if any)
         pass
     baseline_args = [
         "sample",
@@ -251,7 +261,7 @@ def bench_sample(cfg: DictConfig, s: Settings) -> dict:
     for _ in range(cfg.repeats):
         sync(gen.device)
         t0 = time.perf_counter()
-        n = sum(1 for _ in gen.stream("A", cfg.new_tokens, temperature=1.0, seed=0))
+        n = sum(1 for _ in gen.stream("A", max_new_tokens=cfg.new_tokens, temperature=1.0, seed=0))
         sync(gen.device)
         ours.append(n / (time.perf_counter() - t0))
         if cfg.baseline:

@@ -85,7 +85,7 @@ def sample(raw: DictConfig | SampleConfig) -> list[str]:
         t0 = time.perf_counter()
         for ch in gen.stream(
             prompt,
-            "skip",
+            on_unknown="skip",
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_k=cfg.top_k,

@@ -366,7 +366,7 @@ class TextGenerator:
             raise UserError("the prompt is empty (after dropping unknown characters): give at least one character")
         return self.tokenizer.encode(prompt)
 
-    def stream(self, prompt: str = "\n", on_unknown: str = "error", **options) -> Iterator[str]:
+    def stream(self, prompt: str = "\n", *, on_unknown: str = "error", **options) -> Iterator[str]:
         """Yield the new text one character at a time (the prompt is not repeated).
 
         options are SamplingOptions' (max_new_tokens, temperature, top_k, top_p, seed, slide).
@@ -391,7 +391,7 @@ class TextGenerator:
         ):
             yield self.tokenizer.chars[int(nxt[0])]
 
-    def generate(self, prompt: str = "\n", on_unknown: str = "error", **options) -> str:
+    def generate(self, prompt: str = "\n", *, on_unknown: str = "error", **options) -> str:
         """The prompt (less any skipped characters) followed by max_new_tokens generated characters."""
         opts = build(SamplingOptions, options)
         ids = self.encode_prompt(prompt, on_unknown)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ class SaveOnInterrupt(L.Callback):
             self._stop_requested = False
             self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
 
-    def _request_stop(self, signum: int, frame) -> None:
+    def _request_stop(self, signum: int, frame: types.FrameType | None) -> None:
         self._stop_requested = True
         signal.signal(signal.SIGINT, self._previous_handler)  # a second Ctrl-C: KeyboardInterrupt at once
         print("\nCtrl-C: stopping after this batch (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
@@ -77,10 +78,20 @@ class SaveOnInterrupt(L.Callback):
             self._stop_requested = False
             raise KeyboardInterrupt  # Lightning's Ctrl-C path: on_exception below, then exit 1
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._stop_if_requested()
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._stop_if_requested()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -115,7 +126,9 @@ class StopOnNonFiniteLoss(L.Callback):
     run before ModelCheckpoint could take it for a new best or overwrite last.ckpt.
     """
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None and not torch.isfinite(loss).all():
             self._stop(trainer, "training", loss.item())

@@ -99,10 +99,10 @@ def ensure_corpus(
         if not p.is_file():
             raise UserError(f"data.path={path}: does not exist or is not a file: pass the path of a UTF-8 text file")
         return p
+    if url is None:
+        raise UserError("data.path is required: pass data.path=FILE (a UTF-8 text file)")
     p = Path(data_dir).expanduser() / filename
     if not p.is_file():
-        if url is None:
-            raise UserError(f"data.path is required: pass data.path=FILE (a UTF-8 text file); {p} does not exist")
         rank_zero_info(f"Downloading {url} -> {p}")
         try:
             download(url, p)

@@ -91,7 +91,9 @@ class LitGPT(L.LightningModule):
         self._t_last: float | None = None
         self._tokens = 0
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         model = self._compiled if self._compiled is not None else self.model
         return model(idx, targets)
 
@@ -154,7 +156,12 @@ class LitGPT(L.LightningModule):
         optimizer, scheduler = build_optimizer(named, self._matrices, self.optim, int(total), fused)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
         """Clip directly: Lightning refuses to clip for fused optimizers, a guard meant for fp16's
         GradScaler that also blocks bf16 and fp32, where there is nothing to unscale."""
         if not gradient_clip_val:
