@@ -177,3 +177,25 @@ class PoisonWeights(L.Callback):
             with torch.no_grad():
                 for p in pl_module.parameters():
                     p.fill_(float("nan"))
+
+
+class SignalAt(L.Callback):
+    """Sends this process a signal in the middle of optimizer step `step`'s training batch, or of the
+    validation that follows it: an interrupt at a known point."""
+
+    def __init__(self, step: int, where: str = "train", signal: str = "SIGTERM"):
+        import signal as signals
+
+        self.step, self.where, self.signal, self.sent = step, where, getattr(signals, signal), False
+
+    def _maybe(self, trainer: L.Trainer, where: str) -> None:
+        if not self.sent and where == self.where and trainer.global_step == self.step:
+            self.sent = True
+            os.kill(os.getpid(), self.signal)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._maybe(trainer, "train")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self._maybe(trainer, "val")

@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lit_gpt_char.errors import UserError, user_errors, wants_traceback
+from lit_gpt_char.errors import UserError, quiet_broken_pipes, user_errors, wants_traceback
 from lit_gpt_char.options import describe, field_info
 
 T = TypeVar("T")
@@ -111,6 +113,7 @@ def run(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any
         # here. Whether the user asked for tracebacks is kept in LIT_GPT_CHAR_TRACEBACK, which
         # processes started by this one (DDP ranks) inherit.
         wants_traceback()
+        quiet_broken_pipes()
         before = os.environ.get("HYDRA_FULL_ERROR")
         os.environ["HYDRA_FULL_ERROR"] = "1"
         try:
@@ -155,7 +158,24 @@ def fast_precision(accelerator: str = "auto") -> str:
     return "32-true"
 
 
+def run_id() -> str:
+    """A short random suffix for run directory names, so two runs started in the same second get
+    two directories (cached: one value per process, so every access names the same directory)."""
+    return os.urandom(2).hex()
+
+
+def hydra_subdir(output_dir: str) -> str:
+    """Where Hydra records this command's config in its run directory: `.hydra`, or `.hydra/<time>`
+    when the directory already holds another command's record (a resume, a reused hydra.run.dir),
+    so no command overwrites another's. Cached per directory: Hydra reads it more than once."""
+    if (Path(output_dir) / ".hydra" / "config.yaml").exists():
+        return f".hydra/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{run_id()}"
+    return ".hydra"
+
+
 OmegaConf.register_new_resolver("fast_precision", fast_precision, replace=True)
+OmegaConf.register_new_resolver("run_id", run_id, replace=True, use_cache=True)
+OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True, use_cache=True)
 
 PRINT_ORDER = ("model", "optim", "data", "trainer", "callbacks", "logger", "paths", "experiment", "seed", "ckpt_path")
 

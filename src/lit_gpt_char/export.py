@@ -6,15 +6,14 @@ Writes model.pt (a plain state dict), tokenizer.json (the seed's format) and con
 
 from __future__ import annotations
 
-import argparse
-
 from lit_gpt_char.core.checkpoint import export
-from lit_gpt_char.errors import user_errors
+from lit_gpt_char.errors import ArgumentParser, quiet_broken_pipes, user_errors
 
 
 @user_errors
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    quiet_broken_pipes()
+    ap = ArgumentParser(prog="python -m lit_gpt_char.export", description=__doc__.splitlines()[0])
     ap.add_argument("ckpt", help="a .ckpt file or a training run directory")
     ap.add_argument("out_dir", help="directory to write model.pt, tokenizer.json and config.json into")
     args = ap.parse_args(argv)

@@ -6,11 +6,10 @@ for a finished run, one that crashed, or one still running.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from lit_gpt_char.errors import UserError, user_errors
+from lit_gpt_char.errors import ArgumentParser, UserError, check_output_dir, quiet_broken_pipes, user_errors
 from lit_gpt_char.results import plots
 
 
@@ -24,11 +23,18 @@ def plot(run_dir: Path, out_dir: Path | None = None, smoothing: float = plots.SM
             "outputs/train/multirun/<time>/<n>) of a run trained with the TensorBoard logger"
         )
     if not 0 <= smoothing < 1:
-        raise UserError(f"--smoothing must be in [0, 1), got {smoothing}")
+        raise UserError(f"--smoothing={smoothing}: must be in [0, 1)")
+    out_dir = out_dir or run_dir / "plots"
+    check_output_dir(out_dir, "--out")
     scalars = plots.read_scalars(tb_dir)
     if not scalars.get(plots.TRAIN):
         raise UserError(f"no {plots.TRAIN} points in {tb_dir} yet: the run has not logged a training step")
-    written = plots.draw_run(scalars, out_dir or run_dir / "plots", smoothing)
+    try:
+        written = plots.draw_run(scalars, out_dir, smoothing)
+    except OSError as e:
+        raise UserError(
+            f"--out={out_dir}: cannot be written ({e.strerror or e}): pass --out DIR to write elsewhere"
+        ) from None
     if not scalars.get(plots.VAL):
         print(
             f"note: no {plots.VAL} points in {tb_dir} yet (no validation has run): val_loss.png not drawn",
@@ -38,7 +44,8 @@ def plot(run_dir: Path, out_dir: Path | None = None, smoothing: float = plots.SM
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m lit_gpt_char.plot", description=__doc__.split("\n")[0])
+    quiet_broken_pipes()
+    p = ArgumentParser(prog="python -m lit_gpt_char.plot", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", type=Path, help="a run directory (it holds tensorboard/)")
     p.add_argument("--out", type=Path, default=None, help="where to write the PNGs (default RUN_DIR/plots)")
     p.add_argument(

@@ -7,7 +7,6 @@ SWEEP_DIR/val_loss_all.png. Works while the sweep still runs and with failed job
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lit_gpt_char.errors import UserError, user_errors
+from lit_gpt_char.errors import ArgumentParser, UserError, check_output_dir, quiet_broken_pipes, user_errors
 from lit_gpt_char.results.plots import draw_val_curves
 from lit_gpt_char.results.sweeps import JobSummary, differing_keys, summarize_sweep
 
@@ -92,10 +91,13 @@ def write_csv(jobs: Sequence[JobSummary], keys: Sequence[str], path: Path) -> Pa
 
 
 @user_errors
-def report(sweep_dir: Path, console: Console | None = None) -> list[JobSummary]:
-    """Print the table, write summary.csv and val_loss_all.png; return the jobs, best first."""
+def report(sweep_dir: Path, console: Console | None = None, out_dir: Path | None = None) -> list[JobSummary]:
+    """Print the table, write summary.csv and val_loss_all.png (into out_dir, default the sweep
+    directory); return the jobs, best first."""
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir} is not a directory: pass a sweep directory, e.g. outputs/train/multirun/<time>")
+    out_dir = out_dir or sweep_dir
+    check_output_dir(out_dir, "--out")
     jobs = summarize_sweep(sweep_dir)
     if not jobs:
         raise UserError(
@@ -108,7 +110,13 @@ def report(sweep_dir: Path, console: Console | None = None) -> list[JobSummary]:
     for j in jobs:
         if j.error:
             console.print(f"[red]job {j.name} {j.status}:[/] {j.error}  (see {j.path})", highlight=False)
-    csv_path = write_csv(jobs, keys, sweep_dir / "summary.csv")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        csv_path = write_csv(jobs, keys, out_dir / "summary.csv")
+    except OSError as e:
+        raise UserError(
+            f"--out={out_dir}: cannot be written ({e.strerror or e}): pass --out DIR to write elsewhere"
+        ) from None
     # Legend labels: the last part of each key (lr=..., n_layer=...) keeps them short.
     curves = {
         " ".join(
@@ -117,15 +125,23 @@ def report(sweep_dir: Path, console: Console | None = None) -> list[JobSummary]:
         ): j.val
         for j in jobs
     }
-    png = draw_val_curves(curves, sweep_dir / "val_loss_all.png", title=f"Validation loss: {sweep_dir.name}")
+    png = draw_val_curves(curves, out_dir / "val_loss_all.png", title=f"Validation loss: {sweep_dir.name}")
     console.print(f"Wrote {csv_path} and {png}", highlight=False)
     return jobs
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m lit_gpt_char.report", description=__doc__.split("\n")[0])
+    quiet_broken_pipes()
+    p = ArgumentParser(prog="python -m lit_gpt_char.report", description=__doc__.split("\n")[0])
     p.add_argument("sweep_dir", type=Path, help="a sweep directory (outputs/train/multirun/<time>)")
-    report(p.parse_args(argv).sweep_dir)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write summary.csv and val_loss_all.png (default: the sweep directory)",
+    )
+    args = p.parse_args(argv)
+    report(args.sweep_dir, out_dir=args.out)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from pathlib import Path  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from lit_gpt_char.config import options, register, run  # noqa: E402
+from lit_gpt_char.core.checkpoint import atomic_write_text  # noqa: E402
 from lit_gpt_char.core.generation import PRECISIONS, SamplingOptions, load_generator  # noqa: E402
-from lit_gpt_char.errors import UserError  # noqa: E402
+from lit_gpt_char.errors import UserError, check_output_file  # noqa: E402
 from lit_gpt_char.options import option  # noqa: E402
 
 
@@ -58,6 +59,11 @@ def read_prompt(cfg: SampleConfig) -> str:
     return text
 
 
+def reader_gone(cfg: SampleConfig) -> bool:
+    """stdout's reader closed the pipe, and there is no out= file to finish writing for."""
+    return getattr(sys.stdout, "closed_pipe", False) and not cfg.out
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -65,6 +71,8 @@ def log(msg: str) -> None:
 def sample(raw: DictConfig | SampleConfig) -> list[str]:
     """Generate cfg.num_samples texts; return them (prompt included)."""
     cfg = options(raw, SampleConfig)
+    if cfg.out:
+        check_output_file(cfg.out, "out")
     prompt = read_prompt(cfg)
     gen = load_generator(cfg.ckpt, device=cfg.device, precision=cfg.precision, compile=cfg.compile)
     prompt_ids = gen.encode_prompt(prompt, cfg.on_unknown)
@@ -73,15 +81,18 @@ def sample(raw: DictConfig | SampleConfig) -> list[str]:
         f"model: {gen.num_params / 1e6:.2f}M parameters, block size {gen.model.config.block_size}, "
         f"vocabulary {gen.tokenizer.vocab_size}, on {gen.device} ({gen.precision})"
     )
+    # Text is written as it is generated; `stream` flushes every character (a terminal watching).
+    # Into a pipe it is buffered, and a reader that goes away (`... | head`) ends the run quietly.
     stream = sys.stdout.isatty() if cfg.stream is None else cfg.stream
     samples, first_char_at, n_chars, gen_time = [], None, 0, 0.0
     for i in range(cfg.num_samples):
+        if reader_gone(cfg):
+            break
         if cfg.num_samples > 1:
-            print(f"{'=' * 20} sample {i + 1}/{cfg.num_samples} {'=' * 20}", flush=True)
+            print(f"{'=' * 20} sample {i + 1}/{cfg.num_samples} {'=' * 20}", flush=stream)
         seed = None if cfg.seed is None else (cfg.seed + i) % 2**64
         pieces = [prompt]
-        if stream:
-            print(prompt, end="", flush=True)
+        sys.stdout.write(prompt)
         t0 = time.perf_counter()
         for ch in gen.stream(
             prompt,
@@ -96,16 +107,18 @@ def sample(raw: DictConfig | SampleConfig) -> list[str]:
             if first_char_at is None:
                 first_char_at = time.perf_counter() - START
             pieces.append(ch)
+            sys.stdout.write(ch)
             if stream:
-                print(ch, end="", flush=True)
+                sys.stdout.flush()
+            if reader_gone(cfg):
+                break
         gen_time += time.perf_counter() - t0
         n_chars += len(pieces) - 1
-        text = "".join(pieces)
-        samples.append(text)
-        print("" if stream else text, flush=True)
+        samples.append("".join(pieces))
+        print(flush=True)
     if cfg.out:
         sep = "\n" + "=" * 50 + "\n"
-        Path(cfg.out).write_text(sep.join(samples), encoding="utf-8")
+        atomic_write_text(Path(cfg.out), sep.join(samples))
         log(f"wrote {len(samples)} sample(s) to {cfg.out}")
     if n_chars:
         log(

@@ -9,6 +9,7 @@ Every write goes to a temporary file that replaces the target only once complete
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -50,6 +51,18 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         os.close(dir_fd)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """path.write_text(text), through a temporary file renamed over path once complete."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @dataclass
 class Loaded:
     """A model's config, tokenizer and weights (state dict keys as in `GPT`)."""
@@ -66,6 +79,12 @@ class Loaded:
             raise UserError(
                 f"{self.source}: the weights do not fit the model config "
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]}): is it from another version of lit-gpt-char?"
+            )
+        bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise UserError(
+                f"{self.source}: its weights hold NaN or infinite values ({bad}): it was saved by a "
+                "run that diverged; sample from an earlier checkpoint"
             )
         return model.eval()
 
@@ -98,17 +117,35 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> obj
         ) from None
 
 
+def val_loss_of(path: Path) -> float | None:
+    """The val loss a best-*.ckpt was kept for: ModelCheckpoint's score saved inside it, else the
+    `val<loss>` in its name; None if neither says (or the file cannot be read)."""
+    try:
+        ckpt = safe_load(path)
+        for key, state in (ckpt.get("callbacks") or {}).items():
+            if str(key).startswith("ModelCheckpoint") and state.get("current_score") is not None:
+                return float(state["current_score"])
+    except (UserError, AttributeError, TypeError, ValueError):
+        pass
+    found = re.search(r"val(\d+(?:\.\d+)?)", path.name)
+    return float(found.group(1)) if found else None
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A .ckpt file as given, or a run directory's best checkpoint (else its last.ckpt)."""
+    """A .ckpt file as given, or a run directory's best checkpoint: the lowest val loss among its
+    best-*.ckpt (never simply the newest file), else its last.ckpt."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"ckpt={path} does not exist: pass a .ckpt file or a training run directory")
     if path.is_file():
         return path
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    best = sorted(folder.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if best:
-        return best[-1]
+    scored = [(val_loss_of(p), p) for p in folder.glob("best-*.ckpt")]
+    known = [(v, p) for v, p in scored if v is not None and math.isfinite(v)]
+    if known:
+        return min(known, key=lambda vp: (vp[0], -vp[1].stat().st_mtime))[1]
+    if scored:
+        return max(scored, key=lambda vp: vp[1].stat().st_mtime)[1]
     if (folder / "last.ckpt").is_file():
         return folder / "last.ckpt"
     raise UserError(

@@ -14,9 +14,12 @@ travel inside it), and no Lightning.
 from __future__ import annotations
 
 import functools
+import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -189,7 +192,10 @@ def sample_logits(
     """One id per row of logits (B, V): greedy at temperature 0, else from the filtered softmax."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    # Shifted so the largest is 0 first: any temperature > 0, however small, then divides without
+    # overflow (the others go to -inf: the greedy limit), and softmax never sees inf - inf.
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -255,6 +261,13 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> to
 
 
 # --- int8 weights -----------------------------------------------------------------------------------------
+# torch's CPU kernel for int8 weights times bf16 activations (a private op: older or other builds
+# may lack it). It reads the input dimension in blocks of 16: for other widths it returns garbage
+# or crashes, so weights are stored with their input dimension zero-padded to a multiple of 16.
+INT8_KERNEL = hasattr(torch, "_weight_int8pack_mm")
+INT8_BLOCK = 16
+
+
 class Int8Linear(nn.Module):
     """A Linear with weight-only int8 weights (one scale per output row) and bf16 activations.
 
@@ -267,7 +280,8 @@ class Int8Linear(nn.Module):
         super().__init__()
         w = linear.weight.detach().float()
         scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
-        self.register_buffer("weight", torch.round(w / scales[:, None]).to(torch.int8))
+        q = torch.round(w / scales[:, None]).to(torch.int8)
+        self.register_buffer("weight", F.pad(q, (0, -q.shape[1] % INT8_BLOCK)))  # zero columns: see INT8_BLOCK
         self.register_buffer("scales", scales.to(dtype))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
 
@@ -276,11 +290,16 @@ class Int8Linear(nn.Module):
 
 
 def int8_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ (weight * scales).T + bias, for int8 weight rows with one scale each."""
-    rows = x.numel() // x.shape[-1]
-    if rows > 8:  # a prefill: the int8 kernel is made for a few rows; dequantize once instead
-        return F.linear(x, weight.to(x.dtype) * scales[:, None], bias)
-    y = torch._weight_int8pack_mm(x.reshape(rows, x.shape[-1]), weight, scales).view(*x.shape[:-1], -1)
+    """x @ (weight * scales).T + bias, for int8 weight rows with one scale each (weight's input
+    dimension may be zero-padded beyond x's)."""
+    k = x.shape[-1]
+    rows = x.numel() // k
+    if rows > 8 or not INT8_KERNEL or not weight.is_cpu:
+        # A prefill (the kernel is made for a few rows), or no kernel here: dequantize instead.
+        return F.linear(x, weight[:, :k].to(x.dtype) * scales[:, None], bias)
+    if weight.shape[1] != k:
+        x = F.pad(x, (0, weight.shape[1] - k))
+    y = torch._weight_int8pack_mm(x.reshape(rows, weight.shape[1]), weight, scales).view(*x.shape[:-1], -1)
     return y if bias is None else y + bias
 
 
@@ -297,14 +316,23 @@ def quantize_int8(model: GPT) -> GPT:
 
 # --- text in, text out --------------------------------------------------------------------------------------
 def pick_device(device: str = "auto") -> torch.device:
+    """auto, cpu, cuda, cuda:N or mps, and only one that this machine has."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    found = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", str(device))
+    if found is None or (found.group(1) != "cuda" and found.group(2) is not None):
+        raise UserError(f"device={device}: must be one of auto, cpu, cuda, cuda:N, mps")
+    kind, index = found.group(1), found.group(2)
+    if kind == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={device}: no CUDA device is available here: use device=cpu or device=auto")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise UserError(f"device={device}: not a device: use auto, cpu, cuda or cuda:N") from None
+    if kind == "cuda" and index is not None and int(index) >= torch.cuda.device_count():
+        raise UserError(
+            f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s): "
+            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device={device}: MPS is not available here: use device=cpu or device=auto")
+    return torch.device(device)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -314,9 +342,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "32"
-        return "int8" if device.type == "cpu" else "32"
+        return "int8" if device.type == "cpu" and INT8_KERNEL else ("bf16" if device.type == "cpu" else "32")
     if precision not in PRECISIONS:
         raise UserError(f"precision={precision}: must be one of auto, {', '.join(PRECISIONS)}")
+    if precision == "int8" and device.type == "cpu" and not INT8_KERNEL:
+        print(
+            f"note: this torch ({torch.__version__}) has no int8 CPU kernel: sampling with bf16 weights instead",
+            file=sys.stderr,
+        )
+        return "bf16"
     return precision
 
 
@@ -371,8 +405,16 @@ class TextGenerator:
 
         options are SamplingOptions' (max_new_tokens, temperature, top_k, top_p, seed, slide).
         Bad options and prompts raise here, at the call, not at the first character."""
-        opts = build(SamplingOptions, options)
+        opts = self.options(options)
         return self._new_chars(self.encode_prompt(prompt, on_unknown), opts)
+
+    def options(self, options: dict[str, Any]) -> SamplingOptions:
+        """SamplingOptions from keyword options, checked against this model too."""
+        opts = build(SamplingOptions, options)
+        w = self.model.config.block_size
+        if opts.slide is not None and opts.slide > w:
+            raise UserError(f"slide={opts.slide}: must be <= the model's block_size={w} (null: {max(1, w // 2)})")
+        return opts
 
     def _new_chars(self, ids: list[int], opts: SamplingOptions) -> Iterator[str]:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
@@ -393,7 +435,7 @@ class TextGenerator:
 
     def generate(self, prompt: str = "\n", *, on_unknown: str = "error", **options) -> str:
         """The prompt (less any skipped characters) followed by max_new_tokens generated characters."""
-        opts = build(SamplingOptions, options)
+        opts = self.options(options)
         ids = self.encode_prompt(prompt, on_unknown)
         return self.tokenizer.decode(ids) + "".join(self._new_chars(ids, opts))
 

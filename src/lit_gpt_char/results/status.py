@@ -95,44 +95,76 @@ def _is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+class RunRecord:
+    """status.json of one run, written by rank 0: running, then how it ended.
+
+    Under a Hydra multirun a failed or diverged job is logged, marked and scored `WORST` instead of
+    raising, so the sweep goes on; a single run raises as usual. `run_dir` may change before
+    start() (a resumed run continues in its own directory)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.started = False
+        self._where = {"pid": os.getpid(), "host": socket.gethostname()}
+
+    def start(self) -> None:
+        self.started = True
+        self._where["started"] = time.time()
+        if _is_rank_zero():
+            write_status(self.run_dir, RUNNING, **self._where)
+
+    def _mark(self, status: str, **info: Any) -> None:
+        if not _is_rank_zero():
+            return
+        # Keep what the task added (update_status), e.g. the parameter count.
+        kept = {k: v for k, v in (_read(self.run_dir) or {}).items() if k not in ("status", "error", "traceback")}
+        try:
+            write_status(self.run_dir, status, **{**kept, **self._where, "ended": time.time(), **info})
+        except OSError as e:  # e.g. the full disk that ended the run: say so, never hide the run's own error
+            log.warning("could not write %s: %s", self.run_dir / STATUS_FILE, e)
+
+    def finish(self, value: float | None) -> float | None:
+        """The run returned its best val loss (None: no validation ran)."""
+        if value is not None and not math.isfinite(value):
+            self._mark(DIVERGED, best_val_loss=value, error=f"best val loss is {value}")
+            if in_multirun():
+                log.error("Job in %s diverged (best val loss %s); scoring it %s", self.run_dir, value, WORST)
+                return WORST
+            return value
+        self._mark(COMPLETED, best_val_loss=value)
+        return value
+
+    def failed(self, e: Exception) -> float:
+        """Mark the failure; re-raise it in a single run, score it WORST in a multirun. A single run
+        that failed before it started leaves no record (its directory is discarded)."""
+        multirun = in_multirun()
+        if self.started or multirun:
+            status = DIVERGED if isinstance(find_user_error(e), TrainingDiverged) else FAILED
+            self._mark(status, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        if not multirun:
+            raise e
+        log.exception("Job in %s failed; scoring it %s so the sweep goes on", self.run_dir, WORST)
+        return WORST
+
+    def interrupted(self, e: BaseException) -> None:
+        """Ctrl+C or SIGTERM (Lightning turns them into SystemExit)."""
+        if self.started:
+            self._mark(INTERRUPTED, error=type(e).__name__)
+
+
 def record_status(fn: Callable[[DictConfig], float | None]) -> Callable[[DictConfig], float | None]:
-    """Wrap a training task: status.json in cfg.paths.output_dir before and after it runs; under
-    a Hydra multirun, an exception or a non-finite result returns `WORST` instead of raising."""
+    """Wrap a task: status.json in cfg.paths.output_dir before and after it runs (see RunRecord)."""
 
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig) -> float | None:
-        run_dir = Path(cfg.paths.output_dir)
-        multirun = in_multirun()
-        rank_zero = _is_rank_zero()
-        started = time.time()
-        where = {"started": started, "pid": os.getpid(), "host": socket.gethostname()}
-
-        def mark(status: str, **info: Any) -> None:
-            if rank_zero:  # keep what the task added (update_status), e.g. the parameter count
-                kept = {k: v for k, v in (_read(run_dir) or {}).items() if k not in ("status", "error", "traceback")}
-                write_status(run_dir, status, **{**kept, **where, "ended": time.time(), **info})
-
-        if rank_zero:
-            write_status(run_dir, RUNNING, **where)
+        record = RunRecord(cfg.paths.output_dir)
+        record.start()
         try:
-            value = fn(cfg)
+            return record.finish(fn(cfg))
         except Exception as e:
-            status = DIVERGED if isinstance(find_user_error(e), TrainingDiverged) else FAILED
-            mark(status, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-            if not multirun:
-                raise
-            log.exception("Job in %s failed; scoring it %s so the sweep goes on", run_dir, WORST)
-            return WORST
-        except BaseException as e:  # Ctrl+C (Lightning turns it into SystemExit)
-            mark(INTERRUPTED, error=type(e).__name__)
+            return record.failed(e)
+        except BaseException as e:
+            record.interrupted(e)
             raise
-        if value is not None and not math.isfinite(value):
-            mark(DIVERGED, best_val_loss=value, error=f"best val loss is {value}")
-            if multirun:
-                log.error("Job in %s diverged (best val loss %s); scoring it %s", run_dir, value, WORST)
-                return WORST
-            return value
-        mark(COMPLETED, best_val_loss=value)
-        return value
 
     return wrapper

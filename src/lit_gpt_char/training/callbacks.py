@@ -11,7 +11,7 @@ import threading
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -27,7 +27,7 @@ from rich.text import Text
 
 from lit_gpt_char.core.checkpoint import atomic_save
 from lit_gpt_char.core.generation import generate
-from lit_gpt_char.errors import TrainingDiverged
+from lit_gpt_char.errors import TrainingDiverged, UserError
 from lit_gpt_char.options import Options, build, option
 from lit_gpt_char.results import plots
 from lit_gpt_char.training.module import LitGPT
@@ -39,7 +39,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     file, fsync, rename), so last.ckpt is always the old or the new checkpoint, never half of one."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        atomic_save(checkpoint, path)
+        try:
+            atomic_save(checkpoint, path)
+        except OSError as e:  # a full disk, a quota, a read-only mount: the user's to fix, and nothing is lost
+            path = Path(path)
+            others = sorted(path.parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+            good = (
+                f"the previous {path} is intact"
+                if path.is_file()
+                else (f"the last good checkpoint is {others[-1]}" if others else "no checkpoint was saved before")
+            )
+            raise UserError(
+                f"could not save the checkpoint {path}: {e.strerror or e}: {good}. Free disk space (or "
+                "fix the directory's permissions), then resume from it with ckpt_path=..."
+            ) from None
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> str | None:
@@ -50,73 +63,109 @@ def last_checkpoint_path(trainer: L.Trainer) -> str | None:
 
 
 class SaveOnInterrupt(L.Callback):
-    """On Ctrl-C or SIGTERM (pre-emption), save last.ckpt and say how to resume.
+    """Ctrl-C or SIGTERM (pre-emption): finish the current step, its validation and its logging,
+    save last.ckpt, say how to resume, and end with exit status 1 (Ctrl-C) or 143 (SIGTERM).
 
-    Lightning turns SIGTERM into an exception at the next step boundary, so that checkpoint
-    resumes exactly. In a single-process run Ctrl-C does the same: the first one stops after
-    the current training (or validation) batch, never in the middle of a checkpoint write or a
-    logger's locked queue, where the shutdown could hang; a second one stops at once. Across
-    several processes a Ctrl-C stops each wherever it is (the ranks could not agree on a step).
+    Stopping only between steps is what makes a resume lose nothing: every step's train loss and
+    every scheduled validation are logged exactly once across the interrupted and the resumed run.
+    The stop itself is Lightning's graceful SIGTERM path (an exception raised where a step ends),
+    but this callback owns the signals: Lightning's own handler would also stop in the middle of a
+    validation, losing that validation's point. A second signal stops at once (without saving).
+    With several processes the ranks agree on the step to stop after (one all-reduce of a flag per
+    step), so all stop at the same point whichever got the signal. Installed when training starts,
+    after Lightning has installed its handlers.
     """
 
+    SIGNALS: ClassVar[dict[int, str]] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
     def __init__(self) -> None:
-        self._previous_handler = None
-        self._stop_requested = False
+        self.stopped_by: str | None = None  # the interrupt that stopped the run ("Ctrl-C" | "SIGTERM")
+        self._requested: str | None = None
+        self._saved_at: int | None = None
+        self._previous: dict[int, Any] = {}
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-            self._stop_requested = False
-            self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stopped_by = self._requested = self._saved_at = None
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._request)
 
-    def _request_stop(self, signum: int, frame: types.FrameType | None) -> None:
-        self._stop_requested = True
-        signal.signal(signal.SIGINT, self._previous_handler)  # a second Ctrl-C: KeyboardInterrupt at once
-        print("\nCtrl-C: stopping after this batch (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+    def _request(self, signum: int, frame: types.FrameType | None) -> None:
+        if self._requested is not None:  # the second one: stop now
+            self._restore_handlers()
+            raise KeyboardInterrupt
+        self._requested = self.SIGNALS[signum]
+        print(
+            f"\n{self._requested}: stopping after this step and its validation (again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
-    def _stop_if_requested(self) -> None:
-        if self._stop_requested:
-            self._stop_requested = False
-            raise KeyboardInterrupt  # Lightning's Ctrl-C path: on_exception below, then exit 1
+    def _stop_here(self, trainer: L.Trainer) -> None:
+        """If an interrupt came (here, or with several processes anywhere), have Lightning stop where this
+        step ends: its SIGTERM flag, checked after the step's logging and validation."""
+        stop = self._requested is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self.stopped_by = self.stopped_by or self._requested or "SIGTERM"  # another rank's: a pre-emption
+            trainer._signal_connector.received_sigterm = True
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._stop_if_requested()
+        self._stop_here(trainer)
 
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._stop_if_requested()
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning's evaluation loop stops at its flag after any batch: hide it until validation is done.
+        if not trainer.sanity_checking and self.stopped_by is not None:
+            trainer._signal_connector.received_sigterm = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._stop_here(trainer)
+            if self.stopped_by is not None:
+                # Save here, where ModelCheckpoint saves: a checkpoint from the end of a validation
+                # resumes exactly (one from the end of the step after it would shift the log steps).
+                self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        path = last_checkpoint_path(trainer)
+        if path is not None:
+            trainer.save_checkpoint(path)
+            self._saved_at = trainer.global_step
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._restore_handler()
+        self._restore_handlers()
 
-    def _restore_handler(self) -> None:
-        """Give SIGINT back, also when fit ends in an exception (Lightning then skips teardown)."""
-        if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
+    def _restore_handlers(self) -> None:
+        """Give the signals back, also when fit ends in an exception (Lightning then skips teardown)."""
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+        self._previous = {}
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_handler()
+        self._restore_handlers()
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
         path = last_checkpoint_path(trainer)
-        if path is None:
-            rank_zero_info("Interrupted; no checkpoint directory is configured, so nothing was saved.")
-            return
-        trainer.save_checkpoint(path)
-        what = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
-        rank_zero_info(
-            f"\n{what} at step {trainer.global_step}: saved {path}\n"
-            f"Resume with the same command plus: ckpt_path={path}  (or resume=auto)"
-        )
+        if isinstance(exception, SIGTERMException) and self.stopped_by is not None:  # a clean stop between steps
+            if path is None:
+                rank_zero_info(
+                    f"\n{self.stopped_by} at step {trainer.global_step}: no checkpoint directory is "
+                    "configured, so nothing was saved."
+                )
+                return
+            if self._saved_at != trainer.global_step:
+                self._save(trainer)
+            rank_zero_info(
+                f"\n{self.stopped_by} at step {trainer.global_step}: saved {path}\n"
+                f"Resume with the same command plus: ckpt_path={path}  (or resume=auto)"
+            )
+        else:  # stopped at once, maybe mid-step: keep the last checkpoint saved rather than write one now
+            kept = f"; the last checkpoint saved is {path}" if path and Path(path).is_file() else ""
+            rank_zero_info(f"\nStopped at once at step {trainer.global_step}{kept}")
 
 
 class StopOnNonFiniteLoss(L.Callback):

@@ -26,13 +26,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lit_gpt_char.config import options, print_config_tree
 from lit_gpt_char.core.checkpoint import safe_load
 from lit_gpt_char.core.tokenizer import CharTokenizer
-from lit_gpt_char.errors import UserError, find_user_error
-from lit_gpt_char.results.status import record_status, update_status
+from lit_gpt_char.errors import UserError, find_user_error, in_multirun
+from lit_gpt_char.results.status import RunRecord, update_status
+from lit_gpt_char.training import rundir
+from lit_gpt_char.training.callbacks import SaveOnInterrupt
 from lit_gpt_char.training.config import PathsConfig, TrainConfig, TrainerConfig
 from lit_gpt_char.training.data import DataConfig, TextDataModule
 from lit_gpt_char.training.distributed import best_model_score, check_launch, choose_main_port, effective_batch
-from lit_gpt_char.training.module import LitGPT, ModelConfig
+from lit_gpt_char.training.module import LitGPT, ModelConfig, gpt_config
 from lit_gpt_char.training.optim import OptimConfig
+from lit_gpt_char.training.rundir import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -90,55 +93,122 @@ def find_resume_checkpoint(log_dir: str | Path, task_name: str, experiment: str 
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-def resolve_resume(cfg: DictConfig) -> dict | None:
-    """The checkpoint to resume from (ckpt_path, or the one resume=auto finds), loaded safely.
+@dataclass
+class Resume:
+    """The checkpoint a run resumes from, checked against the configured run."""
 
-    It also points paths.output_dir at the run it continues, so checkpoints and TensorBoard
-    curves carry on in one place."""
-    if cfg.get("resume") == "auto" and cfg.ckpt_path is None:
+    path: Path
+    checkpoint: dict[str, Any]
+    run_dir: Path | None  # the directory of the run it belongs to (None: a checkpoint kept elsewhere)
+
+
+def resolve_resume(cfg: DictConfig, settings: Settings) -> Resume | None:
+    """The checkpoint to resume from (ckpt_path, or the one resume=auto finds), loaded safely."""
+    ckpt_path = settings.run.ckpt_path
+    if settings.run.resume == "auto":
         choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+        ckpt_path = str(
+            find_resume_checkpoint(settings.paths.log_dir, settings.run.task_name, choices.get("experiment"))
+        )
         with open_dict(cfg):
-            cfg.ckpt_path = str(find_resume_checkpoint(cfg.paths.log_dir, cfg.task_name, choices.get("experiment")))
-    elif cfg.get("resume") not in (None, "auto"):
-        raise UserError(f"resume={cfg.resume!r}: use resume=auto, or ckpt_path=PATH to resume from a given file")
-    if cfg.ckpt_path is None:
+            cfg.ckpt_path = ckpt_path
+    if ckpt_path is None:
         return None
-    path = Path(cfg.ckpt_path)
+    path = Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise UserError(f"ckpt_path={path} does not exist: pass a .ckpt file to resume from, or drop ckpt_path")
+        raise UserError(f"ckpt_path={path}: does not exist: pass a .ckpt file to resume from, or drop ckpt_path")
     ckpt = safe_load(path)
-    if not isinstance(ckpt, dict) or "tokenizer" not in ckpt or "global_step" not in ckpt:
-        raise UserError(f"ckpt_path={path} is not a lit-gpt-char training checkpoint")
-    if path.parent.name == "checkpoints":
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(path.parent.parent.resolve())
-    return ckpt
+    if not isinstance(ckpt, dict) or not {"tokenizer", "global_step", "model_config", "state_dict"} <= set(ckpt):
+        raise UserError(f"ckpt_path={path}: is not a lit-gpt-char training checkpoint")
+    run_dir = path.parent.parent.resolve() if path.parent.name == "checkpoints" else None
+    return Resume(path, ckpt, run_dir)
 
 
-def check_same_vocabulary(ckpt: dict, vocab: list[str], path: str) -> None:
-    old = CharTokenizer.from_dict(ckpt["tokenizer"]).chars
+def check_resume_fits(resume: Resume, vocab: list[str], settings: Settings) -> None:
+    """The checkpoint must be of the configured model and corpus, or resuming could only fail later
+    (or worse, half-way through rewriting the run's records)."""
+    old = CharTokenizer.from_dict(resume.checkpoint["tokenizer"]).chars
     if old != vocab:
         raise UserError(
-            f"ckpt_path={path} was trained with a vocabulary of {len(old)} characters, but this corpus gives "
-            f"{len(vocab)} (or other ones): resume on the corpus it was trained on (data.path)"
+            f"ckpt_path={resume.path}: was trained with a vocabulary of {len(old)} characters, but this corpus "
+            f"gives {len(vocab)} (or other ones): resume on the corpus it was trained on (data.path)"
+        )
+    want = gpt_config(len(vocab), settings.model).to_dict()
+    have = resume.checkpoint["model_config"]
+    differ = [k for k in want if have.get(k) != want[k]] if isinstance(have, dict) else list(want)
+    if differ:
+        pairs = ", ".join(
+            f"model.{k}={want[k]} (the checkpoint's: {have.get(k) if isinstance(have, dict) else '?'})" for k in differ
+        )
+        raise UserError(
+            f"ckpt_path={resume.path}: its model differs from the configured one: {pairs}: resume with "
+            "the options it was trained with"
         )
 
 
-def main(cfg: DictConfig) -> float | None:
-    """The train command: refuse a launch that cannot work (a whole sweep stops at once), then train."""
-    check_launch(cfg)
-    return train(cfg)
+@dataclass
+class Plan:
+    """What a training command will do, checked before anything is written."""
+
+    settings: Settings
+    resume: Resume | None
+    datamodule: TextDataModule
+    vocab: list[str]
 
 
-@record_status  # status.json in the run dir; under -m a failed or diverged job scores +inf
-def train(cfg: DictConfig) -> float | None:
-    """Fit a model as `cfg` says; return the best val loss (None if no validation ran)."""
+def prepare(cfg: DictConfig) -> Plan:
+    """Check everything a run needs without writing anything: every option, the checkpoint to resume
+    from, the corpus and its vocabulary, and that the checkpoint fits the configured model."""
     settings = check_config(cfg)
+    resume = resolve_resume(cfg, settings)
+    datamodule = TextDataModule(
+        settings.data, block_size=settings.model.block_size, seed=settings.run.seed, data_dir=settings.paths.data_dir
+    )
+    vocab = datamodule.tokenizer.chars
+    if resume is not None:
+        check_resume_fits(resume, vocab, settings)
+    return Plan(settings, resume, datamodule, vocab)
+
+
+def main(cfg: DictConfig) -> float | None:
+    """The train command. A launch that cannot work stops a whole sweep at once; a run that cannot
+    work leaves nothing behind; a resumed run continues in the directory of the run it resumes."""
+    check_launch(cfg)
+    fresh = Path(cfg.paths.output_dir)  # Hydra made it (or found it) for this command
+    our_subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
+    record = RunRecord(fresh)
+    lock = RunLock(fresh)
+    try:
+        plan = prepare(cfg)
+        run_dir = plan.resume.run_dir if plan.resume is not None and plan.resume.run_dir else fresh
+        if rank_zero_only.rank == 0:  # other ranks (started by rank 0's launch) follow rank 0
+            rundir.check_free(run_dir, resuming_here=plan.resume is not None and plan.resume.run_dir == run_dir)
+            lock = RunLock(run_dir).__enter__()
+        if run_dir != fresh:
+            rundir.adopt(fresh, run_dir, our_subdir)
+            with open_dict(cfg):
+                cfg.paths.output_dir = str(run_dir)
+        record.run_dir = run_dir
+        record.start()
+        return record.finish(train(cfg, plan))
+    except Exception as e:
+        if not record.started and not in_multirun():
+            rundir.discard(fresh, our_subdir)
+        return record.failed(e)
+    except BaseException as e:  # Ctrl-C, SIGTERM (as SystemExit)
+        record.interrupted(e)
+        raise
+    finally:
+        lock.__exit__()
+
+
+def train(cfg: DictConfig, plan: Plan) -> float | None:
+    """Fit a model as `cfg` says; return the best val loss (None if no validation ran)."""
+    settings, resume = plan.settings, plan.resume
     L.seed_everything(settings.run.seed, workers=True)
     if settings.run.matmul_precision:
         torch.set_float32_matmul_precision(settings.run.matmul_precision)
 
-    resume = resolve_resume(cfg)
     out = Path(cfg.paths.output_dir)
     callbacks = [instantiate(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c]
     loggers = []
@@ -146,36 +216,30 @@ def train(cfg: DictConfig) -> float | None:
         if c:
             # A resumed run drops what a killed run logged after its last checkpoint: no duplicate steps.
             tb = resume is not None and c._target_.endswith("TensorBoardLogger")
-            loggers.append(instantiate(c, f"logger.{name}", **({"purge_step": resume["global_step"]} if tb else {})))
+            purge = {"purge_step": resume.checkpoint["global_step"]} if tb else {}
+            loggers.append(instantiate(c, f"logger.{name}", **purge))
     choose_main_port(cfg.trainer)
     trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
-    datamodule = TextDataModule(
-        settings.data,
-        block_size=settings.model.block_size,
-        seed=settings.run.seed,
-        data_dir=settings.paths.data_dir,
-        tokenizer_path=str(out / "tokenizer.json"),
-    )
-    vocab = datamodule.tokenizer.chars
-    if resume is not None:
-        check_same_vocabulary(resume, vocab, cfg.ckpt_path)
+    datamodule = plan.datamodule
+    datamodule.tokenizer_path = str(out / "tokenizer.json")
     if rank_zero_only.rank == 0 and settings.run.print_config:
         print_config_tree(cfg)
-    module = LitGPT(vocab, settings.model, settings.optim)
+    module = LitGPT(plan.vocab, settings.model, settings.optim)
     if trainer.is_global_zero:
         update_status(out, params=module.model.num_params())
         log.info(effective_batch(trainer, settings.data.batch_size, settings.model.block_size))
 
+    ckpt_path = str(resume.path) if resume is not None else None
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-    except SIGTERMException:
-        sys.exit(143)  # SaveOnInterrupt saved last.ckpt and said how to resume
-
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:  # a clean stop between steps; SaveOnInterrupt saved last.ckpt, said how to resume
+        stopped_by = next((c.stopped_by for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None)
+        sys.exit(1 if stopped_by == "Ctrl-C" else 143)
     ckpt = trainer.checkpoint_callback
     best = best_model_score(trainer)
     if trainer.is_global_zero:
-        print(f"Run directory:   {cfg.paths.output_dir}")
+        print(f"Run directory:   {out}")
         if ckpt is not None and ckpt.best_model_path:
             print(f"Best checkpoint: {ckpt.best_model_path}")
         print(f"Best val loss:   {float(best):.4f}" if best is not None else "Best val loss:   (no validation ran)")
