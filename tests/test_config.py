@@ -47,6 +47,8 @@ def test_config_composes_resolves_and_instantiates(overrides, tmp_path, corpus):
         overrides = ["data=text", f"data.path={corpus}"]
     cfg = compose_train(overrides, tmp_path)
     OmegaConf.resolve(cfg)  # every interpolation resolves
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        cfg.trainer.accelerator = "cpu"  # (a GPU config is refused here:) the rest of it is still checked and built
     s = check_config(cfg)  # and every value is in range
     TextDataModule(s.data, block_size=s.model.block_size)
     module = LitGPT(list("abcdefg"), s.model, s.optim)
@@ -55,8 +57,6 @@ def test_config_composes_resolves_and_instantiates(overrides, tmp_path, corpus):
         for c in (cfg.get(group) or {}).values():
             if c:
                 hydra.utils.instantiate(c)
-    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
-        cfg.trainer.accelerator = "cpu"  # the rest of the gpu config is still built
     if "FSDPStrategy" in str(cfg.trainer.get("strategy")) and not torch.cuda.is_available():
         hydra.utils.instantiate(cfg.trainer.strategy)  # FSDP refuses CPUs (see test_ddp.py)
         return

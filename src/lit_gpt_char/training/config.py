@@ -90,6 +90,15 @@ class TrainerConfig(Options):
     )
 
     def check(self) -> None:
+        import torch
+
+        if self.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise UserError(
+                f"trainer.accelerator={self.accelerator}: no GPU is available here: use "
+                "trainer.accelerator=cpu (or auto), or trainer=cpu instead of trainer=gpu"
+            )
+        if self.accelerator == "mps" and not torch.backends.mps.is_available():
+            raise UserError("trainer.accelerator=mps: MPS is not available here: use trainer.accelerator=cpu (or auto)")
         if self.precision not in PRECISIONS:
             raise UserError(
                 f"trainer.precision={self.precision}: must be one of "

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_gpt_char.config import options, print_config_tree
 from lit_gpt_char.core.checkpoint import safe_load
+from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError, find_user_error, in_multirun
 from lit_gpt_char.results.status import RunRecord, update_status
@@ -165,9 +166,42 @@ def prepare(cfg: DictConfig) -> Plan:
         settings.data, block_size=settings.model.block_size, seed=settings.run.seed, data_dir=settings.paths.data_dir
     )
     vocab = datamodule.tokenizer.chars
+    check_fits_in_memory(gpt_config(len(vocab), settings.model), settings.trainer)
     if resume is not None:
         check_resume_fits(resume, vocab, settings)
     return Plan(settings, resume, datamodule, vocab)
+
+
+def check_fits_in_memory(config: GPTConfig, trainer: TrainerConfig) -> None:
+    """Refuse a model whose weights, gradients and AdamW state (16 bytes a parameter in float32)
+    alone exceed the memory this machine has free, instead of dying in an allocation later."""
+    with torch.device("meta"):  # shapes only: no memory, no time
+        params = GPT(config).num_params()
+    need = 16 * params
+    cuda = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
+    if cuda:
+        free, where = torch.cuda.mem_get_info()[0], "free on the GPU"
+    else:
+        free, where = available_memory(), "available"
+    if free is not None and need > free:
+        m = config
+        raise UserError(
+            f"model.n_layer={m.n_layer}, model.n_embd={m.n_embd}: {params / 1e6:,.1f}M parameters need "
+            f"{need / 2**30:,.1f} GiB for training (weights, gradients and AdamW state), more than the "
+            f"{free / 2**30:,.1f} GiB {where} here: use a smaller model"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def main(cfg: DictConfig) -> float | None:
@@ -175,6 +209,7 @@ def main(cfg: DictConfig) -> float | None:
     work leaves nothing behind; a resumed run continues in the directory of the run it resumes."""
     check_launch(cfg)
     fresh = Path(cfg.paths.output_dir)  # Hydra made it (or found it) for this command
+    log_root = Path(str(OmegaConf.select(cfg, "paths.log_dir", default=fresh.parent)))
     our_subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
     record = RunRecord(fresh)
     lock = RunLock(fresh)
@@ -185,7 +220,7 @@ def main(cfg: DictConfig) -> float | None:
             rundir.check_free(run_dir, resuming_here=plan.resume is not None and plan.resume.run_dir == run_dir)
             lock = RunLock(run_dir).__enter__()
         if run_dir != fresh:
-            rundir.adopt(fresh, run_dir, our_subdir)
+            rundir.adopt(fresh, run_dir, our_subdir, log_root)
             with open_dict(cfg):
                 cfg.paths.output_dir = str(run_dir)
         record.run_dir = run_dir
@@ -193,7 +228,7 @@ def main(cfg: DictConfig) -> float | None:
         return record.finish(train(cfg, plan))
     except Exception as e:
         if not record.started and not in_multirun():
-            rundir.discard(fresh, our_subdir)
+            rundir.discard(fresh, our_subdir, log_root)
         return record.failed(e)
     except BaseException as e:  # Ctrl-C, SIGTERM (as SystemExit)
         record.interrupted(e)

@@ -44,20 +44,36 @@ def check_free(run_dir: Path, resuming_here: bool) -> None:
         )
 
 
-def discard(run_dir: Path, our_subdir: str | None) -> None:
+def discard(run_dir: Path, our_subdir: str | None, root: Path | None = None) -> None:
     """Remove what this command made in run_dir before failing: the whole directory if nothing else
-    is in it (Hydra made it for us), else only this command's config record."""
+    is in it (Hydra made it for us, and the parents up to `root` it made for it), else only this
+    command's config record."""
     if not run_dir.is_dir():
         return
     ours = {".hydra", *(p.name for p in run_dir.glob("*.log"))}
     if not holds_a_run(run_dir) and our_subdir == ".hydra" and {p.name for p in run_dir.iterdir()} <= ours:
         _close_log_files(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
+        prune_empty_parents(run_dir, root)
     elif our_subdir and our_subdir != ".hydra":
         shutil.rmtree(run_dir / our_subdir, ignore_errors=True)
 
 
-def adopt(fresh: Path, target: Path, our_subdir: str | None) -> Path:
+def prune_empty_parents(path: Path, root: Path | None) -> None:
+    """Remove path's parents while they are empty and inside root (root included)."""
+    if root is None:
+        return
+    root = root.resolve()
+    for parent in path.resolve().parents:
+        if not (parent == root or root in parent.parents):
+            break
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break
+
+
+def adopt(fresh: Path, target: Path, our_subdir: str | None, root: Path | None = None) -> Path:
     """Continue in `target` (the resumed run's directory) instead of Hydra's `fresh` one.
 
     This command's config record goes to target/.hydra/<fresh dir name>/ (the run's own .hydra
@@ -87,6 +103,7 @@ def adopt(fresh: Path, target: Path, our_subdir: str | None) -> Path:
             handler.release()
     if fresh.is_dir() and not holds_a_run(fresh):
         shutil.rmtree(fresh, ignore_errors=True)
+        prune_empty_parents(fresh, root)
     return target
 
 
