@@ -16,7 +16,24 @@ from lit_gpt_char.core.model import GPT, GPTConfig
 
 # Every model option there is (each differs from the default in one way): generation must match
 # the full forward for all of them.
-MODEL_OPTIONS = [{}, {"bias": True}, {"n_head": 4}, {"dropout": 0.2, "attn_dropout": 0.1}]
+MODEL_OPTIONS = [
+    {},
+    {"bias": True},
+    {"n_head": 4},
+    {"dropout": 0.2, "attn_dropout": 0.1},
+    {"pos_emb": "rope"},
+    {"pos_emb": "rope", "rope_base": 500.0},
+    {"norm": "rmsnorm"},
+    {"qk_norm": True},
+    {"mlp": "relu2"},
+    {"mlp": "swiglu"},
+    {"mlp": "swiglu", "mlp_hidden": 40},
+    {"mlp_hidden": 24},
+    {"tie_embeddings": False},
+    {"zero_init": True},
+    {"zero_init": True, "tie_embeddings": False},
+    {"pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "relu2", "tie_embeddings": False, "bias": True},
+]
 
 
 def model(block_size=16, **options) -> GPT:
@@ -212,3 +229,45 @@ def test_compiled_decoder_matches_eager():
     eager = generate(m, prompt, 40, temperature=0)
     for _ in range(2):
         assert torch.equal(generate(m, prompt, 40, temperature=0, compile=True), eager)
+
+
+# --- rotary models roll their cache past the block -----------------------------------------------------------
+def crop_rule(m: GPT, prompt: torch.Tensor, n: int) -> torch.Tensor:
+    """Greedy text from full forward passes over the last block_size characters: the crop rule."""
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(n):
+            seq = torch.cat([seq, m(seq[:, -m.config.block_size :])[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq
+
+
+def test_a_one_layer_rotary_model_rolls_exactly_like_the_crop_rule():
+    """With one layer a rotary key depends on its character and the positions' difference only, so
+    the rolling cache's attention equals a fresh window's at every step, far past block_size."""
+    m = model(block_size=8, n_layer=1, pos_emb="rope")
+    prompt = torch.randint(0, 13, (2, 3))
+    assert torch.equal(generate(m, prompt, 60, temperature=0), crop_rule(m, prompt, 60))
+
+
+def test_a_rolling_cache_matches_the_full_forward_inside_the_block_and_rolls_on():
+    m = model(block_size=8, pos_emb="rope", qk_norm=True)
+    seq = torch.randint(0, 13, (1, 24))
+    decoder = Decoder(m, 1, rolling=True)
+    with torch.no_grad():
+        full = m(seq[:, :8])[0]
+        got = [decoder.prefill(seq[:, :2])] + [decoder.step(seq[:, t]) for t in range(2, 24)]
+    for i in range(7):  # positions 1..7: the cache holds everything, exactly the full forward
+        assert (got[i] - full[:, i + 1]).abs().max() < 1e-4
+    assert decoder.cache.k[0].shape[2] == 8 and decoder.cache.pos == 24  # constant size, positions go on
+    assert all(torch.isfinite(g).all() for g in got)
+    # Past the block the deeper layer keeps what the crop rule forgets: not the same numbers.
+    with torch.no_grad():
+        window = m(seq[:, 16:24])[0][:, -1]
+    assert (got[-1] - window).abs().max() > 1e-4
+
+
+def test_an_explicit_slide_turns_rolling_off():
+    """slide=1 is the crop rule for every model, rotary ones too (at a full forward per character)."""
+    m = model(block_size=8, pos_emb="rope")
+    prompt = torch.randint(0, 13, (1, 3))
+    assert torch.equal(generate(m, prompt, 30, temperature=0, slide=1), crop_rule(m, prompt, 30))

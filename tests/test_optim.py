@@ -99,3 +99,62 @@ def test_clipping_by_value_caps_each_element():
 def test_no_clipping_leaves_gradients_alone(clip):
     before, after = grads_after_clipping(clip, None)
     assert torch.equal(before, after)
+
+
+def test_wsd_holds_the_peak_then_warms_down_linearly():
+    from lit_gpt_char.training.optim import warmup_stable_decay
+
+    lrs = [warmup_stable_decay(s, LR, MIN, 10, 110, 0.2) for s in range(130)]
+    assert lrs[:10] == pytest.approx([LR * (s + 1) / 11 for s in range(10)])
+    assert all(v == LR for v in lrs[10:88])  # stable until the last 20% (22 of 110 steps)
+    assert lrs[88] == LR and lrs[99] == pytest.approx(LR + (MIN - LR) * 11 / 22)
+    assert all(a > b for a, b in itertools.pairwise(lrs[88:110])) and lrs[110:] == [MIN] * 20
+
+
+def muon_module() -> LitGPT:
+    return LitGPT(
+        list("abcd"),
+        {"n_layer": 2, "n_head": 2, "n_embd": 8, "block_size": 8, "bias": True, "tie_embeddings": False},
+        {"algorithm": "muon", "muon_lr": 0.05, "lr": 0.01},
+    )
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    module = muon_module()
+    opt = module.configure_optimizers()["optimizer"]
+    muon, adam = opt.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adam, torch.optim.AdamW)
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    for name, p in module.model.named_parameters():
+        assert (id(p) in in_muon) == (name.startswith("blocks.") and p.dim() == 2), name
+    assert len(opt.param_groups) == len(muon.param_groups) + len(adam.param_groups)
+    assert {g["initial_lr"] for g in muon.param_groups} == {0.05}  # the peaks the schedule scales
+    assert {g["initial_lr"] for g in adam.param_groups} == {0.01}
+
+
+def test_the_schedule_scales_both_optimizers_and_state_round_trips():
+    torch.manual_seed(0)
+    module = muon_module()
+    cfg = module.configure_optimizers()
+    opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+    x = torch.randint(0, 4, (2, 8))
+    for _ in range(3):
+        module(x, x)[1].backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    factor = sched.lr_lambdas[0](3)
+    assert opt.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05 * factor)
+    assert opt.optimizers[1].param_groups[0]["lr"] == pytest.approx(0.01 * factor)
+    state = opt.state_dict()
+    again = muon_module()
+    opt2 = again.configure_optimizers()["optimizer"]
+    again.load_state_dict(module.state_dict())
+    opt2.load_state_dict(state)
+    for a, b in zip(opt.optimizers, opt2.optimizers):
+        for pa, pb in zip(
+            [p for g in a.param_groups for p in g["params"]], [p for g in b.param_groups for p in g["params"]]
+        ):
+            assert all(
+                torch.equal(a.state[pa][k], b.state[pb][k]) for k in a.state[pa] if torch.is_tensor(a.state[pa][k])
+            )

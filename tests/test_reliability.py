@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, popen_train, run_cli, run_main, scalars, wait_for_checkpoint
+from helpers import TESTS, TINY, popen_train, run_cli, run_main, scalars, wait_for_checkpoint
 
 from lit_gpt_char import train
 
@@ -164,3 +164,46 @@ def test_bad_input_from_the_real_command_line(tmp_path):
     r = run_cli("train", "model.n_layer=abc", f"hydra.run.dir={tmp_path / 'r'}")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == "error: model.n_layer=abc: must be an integer in [1, 1024]"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "options",
+    [
+        [
+            "optim=muon",
+            "optim.schedule=wsd",
+            "model.pos_emb=rope",
+            "model.norm=rmsnorm",
+            "model.qk_norm=true",
+            "model.mlp=relu2",
+            "model.tie_embeddings=false",
+            "model.zero_init=true",
+        ],
+        ["callbacks=[default,ema]", "callbacks.ema.decay=0.9", "model.mlp=swiglu"],
+    ],
+    ids=["muon-wsd-modern", "ema"],
+)
+def test_resume_is_exact_with_every_optimizer_schedule_and_averaging(options, tmp_path, corpus):
+    """Interrupted at step 15 (SIGTERM), resumed: the same curves as a run that was never stopped."""
+    args = [*RESUME, *options, f"data.path={corpus}"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run_cli("train", *args, f"hydra.run.dir={straight}").returncode == 0
+    r = run_cli(
+        "train",
+        *args,
+        f"hydra.run.dir={stopped}",
+        "+callbacks.sig._target_=helpers.SignalAt",
+        "+callbacks.sig.step=15",
+        env={"PYTHONPATH": str(TESTS)},
+    )
+    assert r.returncode == 143, r.stderr[-2000:]
+    r = run_cli("train", *args, f"ckpt_path={stopped}/checkpoints/last.ckpt")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = scalars(straight), scalars(stopped)
+    for tag in ("train/loss", "val/loss"):
+        assert [s for s, _ in a[tag]] == [s for s, _ in b[tag]], tag
+        assert all(abs(x - y) < 1e-6 for (_, x), (_, y) in zip(a[tag], b[tag])), tag
+    final = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=True)
+    want = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.equal(final["state_dict"][k], want["state_dict"][k]) for k in want["state_dict"])

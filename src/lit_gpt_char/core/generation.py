@@ -59,8 +59,8 @@ class SamplingOptions(Options):
     )
     slide: int | None = option(
         None,
-        "positions dropped when the context is full; null: block_size // 2 "
-        "(1 = crop to the last block_size characters)",
+        "positions dropped when the context is full; null: block_size // 2, or a rolling cache for rope "
+        "models (1 = crop to the last block_size characters)",
         ge=1,
     )
 
@@ -71,6 +71,11 @@ class KVCache:
     Allocated once, on the model's device: in the model's dtype, except on a CPU, where it is
     float32 whatever the weights, because the CPU attention kernel is ~4x slower in bf16 for a
     single query (and float32 is the more exact anyway). `update` converts into that dtype.
+
+    rolling=True (for rotary positions, whose attention depends on relative positions only): once
+    max_len positions are stored, each new one overwrites the oldest, so a decode step always
+    costs max_len keys, and generation never has to prefill again. The slots are then out of
+    position order, which attention of one new position over all of them does not mind.
     """
 
     def __init__(
@@ -82,8 +87,10 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        rolling: bool = False,
     ):
         device = torch.device(device)
+        self.rolling = rolling
         dtype = torch.float32 if device.type == "cpu" else dtype
         shape = (n_layer, batch, n_head, max_len, head_dim)
         # One list entry per layer, so an update indexes no tensor.
@@ -93,18 +100,25 @@ class KVCache:
         self.pos = 0  # positions stored so far, in every layer
 
     @classmethod
-    def for_model(cls, model: GPT, batch: int) -> KVCache:
+    def for_model(cls, model: GPT, batch: int, rolling: bool = False) -> KVCache:
         cfg, w = model.config, model.wte.weight
-        return cls(cfg.n_layer, batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head, w.dtype, w.device)
+        return cls(cfg.n_layer, batch, cfg.n_head, cfg.block_size, cfg.head_size, w.dtype, w.device, rolling)
 
     @property
     def full(self) -> bool:
-        return self.pos >= self.max_len
+        """No room for another position (a rolling cache always has room)."""
+        return not self.rolling and self.pos >= self.max_len
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, H, T, hd) at positions pos..pos+T-1 of `layer`; return that layer's keys and
-        values of positions 0..pos+T-1. (GPT.forward moves pos on once every layer has its share.)"""
+        values of positions 0..pos+T-1 (or, rolling, of the last max_len positions). GPT.forward
+        moves pos on once every layer has its share."""
         end = self.pos + k.shape[2]
+        if end > self.max_len and self.rolling and k.shape[2] == 1:
+            slot = self.pos % self.max_len
+            self.k[layer][:, :, slot] = k[:, :, 0]
+            self.v[layer][:, :, slot] = v[:, :, 0]
+            return self.k[layer], self.v[layer]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > {self.max_len}")
         kc, vc = self.k[layer], self.v[layer]
@@ -122,8 +136,8 @@ class Decoder:
     does not recompile it).
     """
 
-    def __init__(self, model: GPT, batch: int, compile: bool = False):
-        self.cache = KVCache.for_model(model, batch)
+    def __init__(self, model: GPT, batch: int, compile: bool = False, rolling: bool = False):
+        self.cache = KVCache.for_model(model, batch, rolling)
         self.forward = compiled(model) if compile else functools.partial(model.forward, bound=bind(model))
 
     @property
@@ -166,6 +180,10 @@ def bound_function(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
             weight=module.weight,
             bias=module.bias,
             eps=module.eps,
+        )
+    if type(module) is nn.RMSNorm:
+        return functools.partial(
+            F.rms_norm, normalized_shape=module.normalized_shape, weight=module.weight, eps=module.eps
         )
     if type(module) is Int8Linear:
         return functools.partial(int8_linear, weight=module.weight, scales=module.scales, bias=module.bias)
@@ -225,30 +243,39 @@ def generate_stream(
 ) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens new ids, one (B,) tensor per step, continuing each row of idx.
 
-    The prompt is prefilled once; each new token then costs one position through the
-    key/value cache. Learned positions stop at block_size, so when the cache is full the
-    window slides: the context is cut to its last block_size - slide + 1 characters
-    (default slide = block_size // 2) and prefilled again from position 0. Each token is
-    thus predicted from at least block_size - slide + 1 characters (from all of them while
-    the text is shorter than block_size), at one re-prefill every `slide` new tokens.
-    slide=1 is exactly the usual "crop to the last block_size characters" rule, at the
-    cost of a full forward pass per token. The model must be in eval mode.
+    The prompt (its last block_size characters) is prefilled once; each new token then costs one
+    position through the key/value cache. Past block_size:
+    - rotary positions (pos_emb=rope, slide=None): the cache rolls. Each new position replaces
+      the oldest, at the same cost per character forever, never prefilling again. This is not
+      the crop rule: a key cached earlier was computed when its own context was current, so the
+      deeper layers still carry some of what has left the window (with one layer the two agree
+      exactly, since a rotary key depends on its character and the positions' difference only).
+    - learned positions, or an explicit slide: the window slides. When the cache is full the
+      context is cut to its last block_size - slide + 1 characters (default slide = block_size
+      // 2) and prefilled again from position 0, so each token is predicted from at least that
+      many characters, at one re-prefill every `slide` new tokens. slide=1 is exactly the usual
+      "crop to the last block_size characters" rule, at a full forward pass per token.
+    The model must be in eval mode.
     """
     if max_new_tokens <= 0:
         return
     w = model.config.block_size
+    rolling = model.config.pos_emb == "rope" and slide is None
     slide = max(1, w // 2) if slide is None else slide
     if not 1 <= slide <= w:
         raise ValueError(f"slide must be in [1, block_size={w}], got {slide}")
     keep = w - slide + 1  # context length right after a slide
     window = idx[:, -w:]  # the last w tokens seen so far, kept for re-prefills after a slide
-    decoder = Decoder(model, batch=idx.shape[0], compile=compile)
+    decoder = Decoder(model, batch=idx.shape[0], compile=compile, rolling=rolling)
     logits = decoder.prefill(window)
     for step in range(max_new_tokens):
         nxt = sample_logits(logits, temperature, top_k, top_p, generator)
         yield nxt
         if step == max_new_tokens - 1:
             break
+        if rolling:
+            logits = decoder.step(nxt)
+            continue
         window = torch.cat([window, nxt[:, None]], dim=1)[:, -w:]
         logits = decoder.prefill(window[:, -keep:]) if decoder.full else decoder.step(nxt)
 

@@ -1,12 +1,14 @@
 """The GPT, in plain PyTorch: read it top to bottom.
 
-Token + learned position embeddings -> n_layer pre-LayerNorm blocks (causal self-attention, GELU
-MLP) -> final LayerNorm -> a head tied to the token embedding.
+Token embeddings (+ learned positions, or rotary positions inside attention) -> n_layer pre-norm
+blocks (causal self-attention, an MLP) -> a final norm -> a head (tied to the token embedding, or
+its own). The defaults are GPT-2's parts; `GPTConfig` switches each to a newer one: RoPE,
+RMSNorm, QK-norm, ReLU^2 or SwiGLU MLPs, an untied head, zero-initialised output projections.
 
 One forward serves training, evaluation and generation. Given a key/value cache (anything with
-`pos` and `update(layer, k, v)`, see generation.KVCache), the chunk idx continues the cached
-positions: each attention layer adds the chunk's keys and values to the cache and attends over
-all of them. A prompt's prefill and each one-character decode step are thus the same code as
+`pos`, `dtype` and `update(layer, k, v)`, see generation.KVCache), the chunk idx continues the
+cached positions: each attention layer adds the chunk's keys and values to the cache and attends
+over all of them. A prompt's prefill and each one-character decode step are thus the same code as
 training, and a change to a block is made here once.
 """
 
@@ -28,8 +30,8 @@ from lit_gpt_char.options import Options, option
 
 @dataclass
 class GPTConfig(Options):
-    """The network's shape, saved in every checkpoint. The defaults are the CPU recipe's (see the
-    README); conf/ selects and overrides them, and training takes vocab_size from the corpus."""
+    """The network's shape and parts, saved in every checkpoint. The defaults are the CPU recipe's
+    (see the README); conf/ selects and overrides them, and training takes vocab_size from the corpus."""
 
     KEY = "model"
     vocab_size: int = option(65, "characters in the vocabulary (training takes it from the corpus)", ge=1)
@@ -40,6 +42,29 @@ class GPTConfig(Options):
     dropout: float = option(0.0, "dropout after embeddings, attention and MLP (training only)", ge=0, lt=1)
     attn_dropout: float | None = option(None, "dropout on attention weights; null: the same as dropout", ge=0, lt=1)
     bias: bool = option(False, "biases in the Linear and LayerNorm layers")
+    pos_emb: str = option(
+        "learned",
+        "positions: learned (a table of block_size vectors, GPT-2's) | rope (rotary, "
+        "relative: sampling rolls on past block_size)",
+        choices=("learned", "rope"),
+    )
+    rope_base: float = option(10000.0, "rope: base of the rotation frequencies", gt=1, le=1e9)
+    norm: str = option("layernorm", "the norms: layernorm | rmsnorm", choices=("layernorm", "rmsnorm"))
+    qk_norm: bool = option(False, "RMS-normalise each head's queries and keys before attention")
+    mlp: str = option(
+        "gelu", "the MLP: gelu | relu2 (squared ReLU) | swiglu (gated SiLU)", choices=("gelu", "relu2", "swiglu")
+    )
+    mlp_hidden: int | None = option(
+        None,
+        "the MLP's hidden width; null: 4 x n_embd (swiglu: 8/3 x n_embd, "
+        "rounded up to a multiple of 16, about as many weights)",
+        ge=1,
+        le=1 << 18,
+    )
+    tie_embeddings: bool = option(True, "one matrix for the token embedding and the output head")
+    zero_init: bool = option(
+        False, "start the blocks' output projections (and an untied head) at zero, so each block starts as the identity"
+    )
 
     def check(self) -> None:
         if self.n_embd % self.n_head:
@@ -48,14 +73,32 @@ class GPTConfig(Options):
                 f"model.n_embd={self.n_embd}: must be divisible by model.n_head={self.n_head}: "
                 f"use e.g. model.n_embd={lower or self.n_head} or a n_head that divides {self.n_embd}"
             )
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            raise UserError(
+                f"model.pos_emb=rope: needs an even head size, but model.n_embd={self.n_embd} / "
+                f"model.n_head={self.n_head} = {self.n_embd // self.n_head}"
+            )
         if self.attn_dropout is None:
             self.attn_dropout = self.dropout
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's hidden width."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            return -(-8 * self.n_embd // 3 // 16) * 16
+        return 4 * self.n_embd
 
 
 class Cache(Protocol):
     """What the forward needs of a key/value cache (generation.KVCache is the one there is)."""
 
-    pos: int
+    pos: int  # positions seen so far: where the next chunk starts
     dtype: torch.dtype  # of the keys and values it holds
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -83,14 +126,35 @@ class ModelOps(NamedTuple):
     head: Callable[[torch.Tensor], torch.Tensor]
 
 
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin for the chunk's positions: (T, head_size / 2) each
+
+
+def rotate(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Rotary position embedding of x (B, H, T, hd): each pair of features (i, i + hd/2) is turned
+    by its position times its frequency, so q.k depends on the positions' difference only."""
+    cos, sin = (r.to(x.dtype) for r in rope)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 def attention(
-    x: torch.Tensor, ops: LayerOps, cfg: GPTConfig, cache: Cache | None, layer: int, training: bool
+    x: torch.Tensor,
+    ops: LayerOps,
+    cfg: GPTConfig,
+    cache: Cache | None,
+    layer: int,
+    training: bool,
+    rope: Rope | None = None,
 ) -> torch.Tensor:
     """Causal self-attention of x (B, T, C); with a cache, x continues the positions cached."""
     b, t, c = x.shape
     qkv = ops.qkv(x) if cache is None else ops.qkv(x).to(cache.dtype)
-    # (B, T, 3C) -> three (B, H, T, head_dim)
-    q, k, v = qkv.view(b, t, 3, cfg.n_head, c // cfg.n_head).permute(2, 0, 3, 1, 4).unbind(0)
+    # (B, T, 3C) -> three (B, H, T, head_size)
+    q, k, v = qkv.view(b, t, 3, cfg.n_head, cfg.head_size).permute(2, 0, 3, 1, 4).unbind(0)
+    if cfg.qk_norm:
+        q, k = F.rms_norm(q, (cfg.head_size,)), F.rms_norm(k, (cfg.head_size,))
+    if rope is not None:
+        q, k = rotate(q, rope), rotate(k, rope)
     if cache is not None:
         k, v = cache.update(layer, k, v)  # the keys and values of every position so far
     y = attend(q, k, v, cfg.attn_dropout if training else 0.0).to(x.dtype)
@@ -98,15 +162,33 @@ def attention(
 
 
 def mlp(x: torch.Tensor, ops: LayerOps, cfg: GPTConfig, training: bool) -> torch.Tensor:
-    return dropout(ops.mlp_proj(F.gelu(ops.fc(x))), cfg.dropout, training)
+    h = ops.fc(x)
+    if cfg.mlp == "gelu":
+        h = F.gelu(h)
+    elif cfg.mlp == "relu2":
+        h = F.relu(h).square()
+    else:  # swiglu: fc makes the gate and the value side by side
+        gate, value = h.chunk(2, dim=-1)
+        h = F.silu(gate) * value
+    return dropout(ops.mlp_proj(h), cfg.dropout, training)
 
 
 def block(
-    x: torch.Tensor, ops: LayerOps, cfg: GPTConfig, cache: Cache | None = None, layer: int = 0, training: bool = False
+    x: torch.Tensor,
+    ops: LayerOps,
+    cfg: GPTConfig,
+    cache: Cache | None = None,
+    layer: int = 0,
+    training: bool = False,
+    rope: Rope | None = None,
 ) -> torch.Tensor:
     """A pre-norm residual block: x + attention(norm(x)), then x + mlp(norm(x))."""
-    x = x + attention(ops.ln1(x), ops, cfg, cache, layer, training)
+    x = x + attention(ops.ln1(x), ops, cfg, cache, layer, training, rope)
     return x + mlp(ops.ln2(x), ops, cfg, training)
+
+
+def make_norm(cfg: GPTConfig) -> nn.Module:
+    return nn.LayerNorm(cfg.n_embd, bias=cfg.bias) if cfg.norm == "layernorm" else nn.RMSNorm(cfg.n_embd)
 
 
 class CausalSelfAttention(nn.Module):
@@ -123,24 +205,26 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.n_embd, (2 if cfg.mlp == "swiglu" else 1) * cfg.hidden, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.hidden, cfg.n_embd, bias=cfg.bias)
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
-        self.ln1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
     def ops(self) -> LayerOps:
         return LayerOps(self.ln1, self.attn.qkv, self.attn.proj, self.ln2, self.mlp.fc, self.mlp.proj)
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None, layer: int = 0) -> torch.Tensor:
-        return block(x, self.ops(), self.config, cache, layer, self.training)
+    def forward(
+        self, x: torch.Tensor, cache: Cache | None = None, layer: int = 0, rope: Rope | None = None
+    ) -> torch.Tensor:
+        return block(x, self.ops(), self.config, cache, layer, self.training, rope)
 
 
 class GPT(nn.Module):
@@ -148,18 +232,29 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_emb == "learned" else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying: one matrix reads and writes characters
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # one matrix reads and writes characters
+        if cfg.pos_emb == "rope":  # cos and sin of every position of the block, computed once
+            freqs = cfg.rope_base ** -(torch.arange(0, cfg.head_size, 2, dtype=torch.float64) / cfg.head_size)
+            angles = torch.outer(torch.arange(cfg.block_size, dtype=torch.float64), freqs)
+            self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
 
         # GPT-2 init: N(0, 0.02), and residual projections scaled by 1/sqrt(2 * n_layer) so the
-        # residual stream's variance does not grow with depth.
+        # residual stream's variance does not grow with depth (or zero: each block starts as x -> x).
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                if cfg.zero_init:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.zero_init and not cfg.tie_embeddings:
+            nn.init.zeros_(self.lm_head.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -175,14 +270,29 @@ class GPT(nn.Module):
         return ModelOps([b.ops() for b in self.blocks], self.ln_f, self.lm_head)
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count; non_embedding drops the position table (nanoGPT's convention)."""
+        """Parameter count (tied weights once); non_embedding drops the position table (nanoGPT's convention)."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B."""
+        """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B: 6 per
+        weight that multiplies (the blocks' matrices and the head; embedding lookups do not), plus
+        attention's 12 * n_layer * n_embd * T."""
         cfg, t = self.config, seq_len or self.config.block_size
-        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * t
+        matmul = sum(p.numel() for n, p in self.named_parameters() if p.dim() == 2 and n.startswith("blocks."))
+        matmul += self.lm_head.weight.numel()
+        return 6 * matmul + 12 * cfg.n_layer * cfg.n_embd * t
+
+    def rope(self, start: int, t: int) -> Rope | None:
+        """cos, sin of positions start .. start+t-1 (beyond the block: computed here, in float64)."""
+        if self.config.pos_emb != "rope":
+            return None
+        if start + t <= self.config.block_size:
+            return self.rope_cos[start : start + t], self.rope_sin[start : start + t]
+        hd, device = self.config.head_size, self.rope_cos.device
+        freqs = self.config.rope_base ** -(torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd)
+        angles = torch.outer(torch.arange(start, start + t, dtype=torch.float64, device=device), freqs)
+        return angles.cos().float(), angles.sin().float()
 
     def forward(
         self,
@@ -193,19 +303,22 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position of idx (B, T); the mean cross-entropy too if targets are given.
 
-        With a cache, idx continues the cache.pos positions already there, and the cache grows by T.
+        With a cache, idx continues the cache.pos positions already there, and the cache grows by T
+        (a rolling cache of a rope model keeps only the last block_size: generation rolls on).
         `bound` (eval only): this model's ops() bound into plain functions, see generation.bind.
         """
         t = idx.shape[1]
         start = 0 if cache is None else cache.pos
-        if start + t > self.config.block_size:
+        if t > self.config.block_size or (self.wpe is not None and start + t > self.config.block_size):
             raise ValueError(f"sequence of {start + t} positions is longer than block_size {self.config.block_size}")
-        x = dropout(
-            F.embedding(idx, self.wte.weight) + self.wpe.weight[start : start + t], self.config.dropout, self.training
-        )
+        x = F.embedding(idx, self.wte.weight)
+        if self.wpe is not None:
+            x = x + self.wpe.weight[start : start + t]
+        x = dropout(x, self.config.dropout, self.training)
+        rope = self.rope(start, t)
         for i, blk in enumerate(self.blocks):
             # Through the module when training, so wrappers (FSDP's units) and hooks see each block.
-            x = blk(x, cache, i) if bound is None else block(x, bound.layers[i], self.config, cache, i)
+            x = blk(x, cache, i, rope) if bound is None else block(x, bound.layers[i], self.config, cache, i, rope=rope)
         if cache is not None:
             cache.pos = start + t
         ln_f, head = (self.ln_f, self.lm_head) if bound is None else (bound.ln_f, bound.head)

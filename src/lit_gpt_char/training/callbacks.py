@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
@@ -220,7 +220,8 @@ class GenerateSamples(L.Callback):
     Seeing the text go from noise to Shakespeare is the quickest sanity check there is. The
     sample is printed on rank 0 and logged to TensorBoard as text. It uses its own seeded
     generator and restores train mode, so it never changes what training does next.
-    Options: GenerateSamplesConfig's.
+    With weight averaging on (callbacks.ema), it samples from the averaged weights, as validation
+    and the checkpoints do. Options: GenerateSamplesConfig's.
     """
 
     def __init__(self, **options: Any):
@@ -253,6 +254,9 @@ class GenerateSamples(L.Callback):
         if not trainer.is_global_zero or not isinstance(pl_module, LitGPT) or o.max_new_tokens <= 0:
             return None
         tok, model = pl_module.tokenizer, pl_module.model
+        averaging = next((c for c in trainer.callbacks if isinstance(c, WeightAveraging)), None)
+        if averaging is not None and getattr(averaging, "_average_model", None) is not None:
+            model = averaging._average_model.module.model  # the weights validation and checkpoints use
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             return None  # diverged weights; StopOnNonFiniteLoss reports it
         prompt = "".join(c for c in o.prompt if c in tok.stoi) or tok.chars[0]
