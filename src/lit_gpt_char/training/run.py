@@ -9,6 +9,7 @@ writing into the directory of the run it continues.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -28,6 +31,7 @@ from lit_gpt_char.core.checkpoint import safe_load
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError, find_user_error
 from lit_gpt_char.results.status import record_status, update_status
+from lit_gpt_char.training.callbacks import PlotCurves
 from lit_gpt_char.training.config import PathsConfig, TrainConfig, TrainerConfig
 from lit_gpt_char.training.data import DataConfig, TextDataModule
 from lit_gpt_char.training.distributed import best_model_score, check_launch, choose_main_port, effective_batch
@@ -130,6 +134,35 @@ def main(cfg: DictConfig) -> float | None:
     return train(cfg)
 
 
+def monitor_val_sample(callbacks: list, datamodule: TextDataModule) -> None:
+    """Validations that score a sample of a large val split log val_sample/loss (val/loss only comes
+    from the whole-split pass at the end): best checkpoints are then chosen by the sample."""
+    if not datamodule.val_sampled:
+        return
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor == "val/loss":
+            cb.monitor = "val_sample/loss"
+            if cb.filename:
+                cb.filename = cb.filename.replace("val{val/loss", "val_sample{val_sample/loss")
+                cb.filename = cb.filename.replace("{val/loss", "{val_sample/loss")
+
+
+def validate_whole_split(trainer: L.Trainer, module: LitGPT, datamodule: TextDataModule) -> float | None:
+    """After a finished fit whose validations scored a sample: one pass over the whole val split,
+    logged as val/loss and val/bpc at the last step (and drawn into the plots)."""
+    if not datamodule.val_sampled or trainer.state.status != TrainerStatus.FINISHED or trainer.fast_dev_run:
+        return None
+    if trainer.limit_val_batches == 0:
+        return None
+    log.info("Scoring the whole val split (the validations during training scored a fixed sample of it)")
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    for cb in trainer.callbacks:
+        if isinstance(cb, PlotCurves):
+            cb.draw(trainer)
+    loss = trainer.callback_metrics.get("val/loss")
+    return float(loss) if loss is not None else None
+
+
 @record_status  # status.json in the run dir; under -m a failed or diverged job scores +inf
 def train(cfg: DictConfig) -> float | None:
     """Fit a model as `cfg` says; return the best val loss (None if no validation ran)."""
@@ -160,9 +193,10 @@ def train(cfg: DictConfig) -> float | None:
     vocab = datamodule.tokenizer.chars
     if resume is not None:
         check_same_vocabulary(resume, vocab, cfg.ckpt_path)
+    monitor_val_sample(callbacks, datamodule)
     if rank_zero_only.rank == 0 and settings.run.print_config:
         print_config_tree(cfg)
-    module = LitGPT(vocab, settings.model, settings.optim)
+    module = LitGPT(vocab, settings.model, settings.optim, unit=datamodule.tokenizer.unit)
     if trainer.is_global_zero:
         update_status(out, params=module.model.num_params())
         log.info(effective_batch(trainer, settings.data.batch_size, settings.model.block_size))
@@ -174,9 +208,13 @@ def train(cfg: DictConfig) -> float | None:
 
     ckpt = trainer.checkpoint_callback
     best = best_model_score(trainer)
+    whole = validate_whole_split(trainer, module, datamodule)
     if trainer.is_global_zero:
         print(f"Run directory:   {cfg.paths.output_dir}")
         if ckpt is not None and ckpt.best_model_path:
             print(f"Best checkpoint: {ckpt.best_model_path}")
-        print(f"Best val loss:   {float(best):.4f}" if best is not None else "Best val loss:   (no validation ran)")
+        label = "Best val_sample loss:" if datamodule.val_sampled else "Best val loss:  "
+        print(f"{label} {float(best):.4f}" if best is not None else "Best val loss:   (no validation ran)")
+        if whole is not None:
+            print(f"Val loss (whole split, end of training): {whole:.4f} ({whole / math.log(2):.4f} bpc)")
     return float(best) if best is not None else None
