@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"LGCTOK\x00\x01"
 VERSION = 1
-CHUNK = 1 << 24  # bytes of corpus per encoding step: bounds the memory a build needs (~10x this)
+# Bytes of corpus per step. Small, so the decoded text of a step stays in malloc's heap: a larger
+# one is mapped and faulted in afresh each time, which costs more than the decoding.
+CHUNK = 1 << 16
 ALIGN = 64  # the ids start at a multiple of this
 MAX_CODE_POINT = 0x110000
 DTYPES = {"uint8": (np.uint8, torch.uint8), "uint16": (np.uint16, torch.uint16), "int32": (np.int32, torch.int32)}
@@ -215,21 +217,35 @@ def _code_points(chunk: bytes, offset: int, corpus: Path) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
-def _byte_counts(chunk: bytes) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # read-only buffer; bincount only reads it
-        return torch.bincount(torch.frombuffer(chunk, dtype=torch.uint8), minlength=256)
+ASCII, HIGH = bytes(range(128)), bytes(range(128, 256))
 
 
 def scan_vocabulary(corpus: Path, unit: str = "char") -> list[str]:
-    """The corpus's sorted characters (or byte values, as characters), read chunk by chunk."""
+    """The corpus's sorted characters (or byte values, as characters), read chunk by chunk.
+
+    Each chunk is first stripped of the single bytes already seen (one bytes.translate pass);
+    what is left is usually tiny. The bytes of a multi-byte UTF-8 character are all >= 0x80, so
+    the high bytes left are whole characters: only they are decoded here. The full check that
+    the text is UTF-8 comes with the encoding pass, which decodes every chunk.
+    """
     seen = np.zeros(256 if unit == "byte" else MAX_CODE_POINT, dtype=bool)
+    single = bytearray()  # byte values seen as whole tokens: every byte (byte), ASCII ones (char)
     with open(corpus, "rb") as f:
         for chunk, offset in _chunks(f, unit):
-            if unit == "byte" or chunk.isascii():
-                seen[:256] |= _byte_counts(chunk).numpy() > 0
-            else:
-                seen |= np.bincount(_code_points(chunk, offset, corpus), minlength=MAX_CODE_POINT) > 0
+            rest = chunk.translate(None, single)
+            if not rest:
+                continue
+            new = set(rest if unit == "byte" else rest.translate(None, HIGH))
+            single.extend(sorted(new))
+            seen[list(new)] = True
+            if unit == "byte" or rest.isascii():
+                continue
+            try:
+                cps = np.frombuffer(rest.translate(None, ASCII).decode("utf-8").encode("utf-32-le"), dtype=np.uint32)
+            except UnicodeDecodeError:
+                _code_points(chunk, offset, corpus)  # raises, naming the offset in the file
+                raise
+            seen[np.flatnonzero(np.bincount(cps))] = True
     return [chr(c) for c in np.flatnonzero(seen)]
 
 
@@ -245,25 +261,27 @@ class _Encoder:
         # (a vocabulary read off the corpus holds them all, unless the corpus changes meanwhile,
         # which the build's sha256 check catches).
         self.given = given
-        self.corpus, self.unit, self.dtype = corpus, tokenizer.unit, DTYPES[dtype][0]
-        self.lut = np.full(256 if tokenizer.unit == "byte" else MAX_CODE_POINT, -1, dtype=np.int64)
+        self.corpus, self.unit, self.tokenizer = corpus, tokenizer.unit, tokenizer
+        size = 256 if tokenizer.unit == "byte" else MAX_CODE_POINT
+        self.lut = np.zeros(size, dtype=DTYPES[dtype][0])  # code point (or byte) -> id
+        self.known = np.zeros(size, dtype=bool)
         for i, c in enumerate(tokenizer.chars):
-            self.lut[ord(c)] = i
-        self.tokenizer = tokenizer
-        self.known_bytes = bytes(b for b in range(256) if b < len(self.lut) and self.lut[b] >= 0)
-        self.table = bytes(max(int(v), 0) for v in self.lut[:256]) if dtype == "uint8" else None
+            self.lut[ord(c)], self.known[ord(c)] = i, True
+        self.known_bytes = bytes(np.flatnonzero(self.known[:256]).tolist())
+        self.table = self.lut[:256].tobytes() if dtype == "uint8" else None
 
-    def __call__(self, chunk: bytes, offset: int) -> bytes:
+    def __call__(self, chunk: bytes, offset: int) -> memoryview:
+        """The ids of chunk's tokens, as bytes of the file's dtype."""
         if self.unit == "byte" or chunk.isascii():
             if self.given and chunk.translate(None, self.known_bytes):  # a byte outside the vocabulary
                 self._unknown(chunk)
             if self.table is not None:
-                return chunk.translate(self.table)
-            return self.lut[np.frombuffer(chunk, dtype=np.uint8)].astype(self.dtype).tobytes()
-        ids = self.lut[_code_points(chunk, offset, self.corpus)]
-        if ids.min() < 0:
+                return memoryview(chunk.translate(self.table))
+            return memoryview(np.take(self.lut[:256], np.frombuffer(chunk, dtype=np.uint8))).cast("B")
+        cps = _code_points(chunk, offset, self.corpus)
+        if self.given and not np.take(self.known, cps).all():
             self._unknown(chunk)
-        return ids.astype(self.dtype).tobytes()
+        return memoryview(np.take(self.lut, cps)).cast("B")
 
     def _unknown(self, chunk: bytes) -> None:
         text = chunk.decode("utf-8", errors="replace") if self.unit == "char" else chunk.decode("latin-1")
@@ -280,7 +298,6 @@ def _header(meta: dict, offset: int | None = None) -> bytes:
 
 def build_token_file(corpus: Path, path: Path, unit: str, sha256: str, vocab: Sequence[str] | None = None) -> None:
     """Tokenize the corpus into `path` (temporary file, fsync, rename): path is never half written."""
-    t0 = time.perf_counter()
     given = vocab is not None
     if vocab is None:
         vocab = scan_vocabulary(corpus, unit)
@@ -329,11 +346,6 @@ def build_token_file(corpus: Path, path: Path, unit: str, sha256: str, vocab: Se
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    dt = time.perf_counter() - t0
-    log.info(
-        f"Tokenized {corpus} ({nbytes / 1e6:,.1f} MB) into {path}: {count:,} tokens, vocabulary {len(vocab)}, "
-        f"{dt:.1f} s ({nbytes / 1e6 / max(dt, 1e-9):,.0f} MB/s)"
-    )
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -363,6 +375,7 @@ def load_tokens(
     the caller already knows it.
     """
     corpus = Path(corpus)
+    t0 = time.perf_counter()
     sha = sha256 or file_sha256(corpus)
     if cache_dir is None and not writable(corpus.parent):
         tokens, _ = open_token_file(token_file_path(corpus, unit, None, sha, vocab), sha, unit, vocab)
@@ -405,4 +418,9 @@ def load_tokens(
     tokens, why = open_token_file(path, sha, unit, vocab)
     if tokens is None:
         raise RuntimeError(f"the token file {path} just built does not check out: {why}")
+    dt, mb = time.perf_counter() - t0, tokens.corpus_bytes / 1e6
+    log.info(
+        f"Tokenized {corpus} ({mb:,.1f} MB) into {path}: {len(tokens.ids):,} tokens, vocabulary "
+        f"{tokens.tokenizer.vocab_size}, {dt:.1f} s with the checksums ({mb / max(dt, 1e-9):,.0f} MB/s)"
+    )
     return tokens
