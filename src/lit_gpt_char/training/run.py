@@ -154,7 +154,8 @@ def validate_whole_split(trainer: L.Trainer, module: LitGPT, datamodule: TextDat
         return None
     if trainer.limit_val_batches == 0:
         return None
-    log.info("Scoring the whole val split (the validations during training scored a fixed sample of it)")
+    n = datamodule.split_sizes()[1] - 1
+    log.info(f"Scoring the whole val split, {n:,} tokens (the validations during training scored a fixed sample)")
     trainer.validate(module, datamodule=datamodule, verbose=False)
     for cb in trainer.callbacks:
         if isinstance(cb, PlotCurves):
