@@ -188,10 +188,11 @@ def split_sizes(n: int, cfg: DataConfig) -> tuple[int, int, int]:
         n_train = int(rest * cfg.train_fraction)
         n_val = rest - n_train
     if min(n_train, n_val, rest) < 0:
-        raise UserError(
-            f"the corpus holds {n:,} tokens, fewer than data.train_size/val_size/test_size ask for "
-            f"({cfg.train_size}/{cfg.val_size}/{cfg.test_size}): use a smaller split or a longer text"
+        asked = ", ".join(
+            f"data.{k}={'null' if getattr(cfg, k) is None else getattr(cfg, k)}"
+            for k in ("train_size", "val_size", "test_size")
         )
+        raise UserError(f"the corpus holds {n:,} tokens, fewer than {asked} ask for: use smaller splits or more text")
     return n_train, n_val, cfg.test_size
 
 
