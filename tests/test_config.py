@@ -228,7 +228,7 @@ BAD_TRAIN = [
     ("callbacks.generate_samples.temperature=hot", "callbacks.generate_samples.temperature=hot"),
     ("callbacks.plot_curves.smoothing=2", "callbacks.plot_curves.smoothing=2"),
     ("callbacks.model_checkpoint.mode=up", "callbacks.model_checkpoint: `mode` can be min, max but got up"),
-    ("experiment=nonexistent", "experiment=nonexistent: no such option: the choices are nanogpt, seed"),
+    ("experiment=nonexistent", "experiment=nonexistent: no such option: the choices are enwik8, nanogpt, seed, text8"),
     ("data=text", "data.path is required"),
 ]
 

@@ -20,6 +20,7 @@ def test_save_load_seed_format(tmp_path):
     assert data == {
         "char_to_integer": {"\n": 0, "a": 1, "b": 2, "c": 3},
         "integer_to_char": {"0": "\n", "1": "a", "2": "b", "3": "c"},
+        "unit": "char",  # the seed's two keys as they were, plus the unit
     }
     assert CharTokenizer.load(path) == tok
 

@@ -158,7 +158,7 @@ def run_baseline(path: str, args: list[str]) -> dict:
 
 def bench_train(cfg: DictConfig, s: Settings) -> dict:
     datamodule = TextDataModule(s.data, block_size=s.model.block_size, seed=s.run.seed, data_dir=s.paths.data_dir)
-    module = LitGPT(datamodule.tokenizer.chars, s.model, s.optim)
+    module = LitGPT(datamodule.tokenizer.chars, s.model, s.optim, unit=datamodule.tokenizer.unit)
     timer = StepTimer(cfg.warmup_steps)
     with open_dict(cfg):
         cfg.trainer.max_steps = cfg.warmup_steps + cfg.steps + 1

@@ -422,13 +422,16 @@ class TextGenerator:
                 f"the prompt has {len(unknown)} character(s) not in the model's vocabulary: {shown}. "
                 "Remove them, or pass on_unknown=skip to drop them."
             )
-        prompt = "".join(c for c in prompt if c in self.tokenizer.stoi)
+        skip = set(unknown)
+        prompt = "".join(c for c in prompt if c not in skip)
         if not prompt:
             raise UserError("the prompt is empty (after dropping unknown characters): give at least one character")
         return self.tokenizer.encode(prompt)
 
     def stream(self, prompt: str = "\n", *, on_unknown: str = "error", **options) -> Iterator[str]:
-        """Yield the new text one character at a time (the prompt is not repeated).
+        """Yield the new text one character at a time (the prompt is not repeated). A byte-level
+        model's bytes are held until they complete a character (invalid ones come out as U+FFFD),
+        and max_new_tokens counts bytes.
 
         options are SamplingOptions' (max_new_tokens, temperature, top_k, top_p, seed, slide).
         Bad options and prompts raise here, at the call, not at the first character."""
@@ -447,6 +450,7 @@ class TextGenerator:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(opts.seed) if opts.seed is not None else generator.seed()
+        decoder = self.tokenizer.stream_decoder()
         for nxt in generate_stream(
             self.model,
             idx,
@@ -458,7 +462,11 @@ class TextGenerator:
             opts.slide,
             compile=self.compiled,
         ):
-            yield self.tokenizer.chars[int(nxt[0])]
+            piece = decoder.feed(int(nxt[0]))
+            if piece:
+                yield piece
+        if tail := decoder.flush():
+            yield tail
 
     def generate(self, prompt: str = "\n", *, on_unknown: str = "error", **options) -> str:
         """The prompt (less any skipped characters) followed by max_new_tokens generated characters."""

@@ -183,9 +183,10 @@ class StopOnNonFiniteLoss(L.Callback):
             self._stop(trainer, "training", loss.item())
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loss = trainer.callback_metrics.get("val/loss")
-        if loss is not None and not trainer.sanity_checking and not torch.isfinite(loss).all():
-            self._stop(trainer, "validation", loss.item())
+        for key in ("val/loss", "val_sample/loss"):
+            loss = trainer.callback_metrics.get(key)
+            if loss is not None and not trainer.sanity_checking and not torch.isfinite(loss).all():
+                self._stop(trainer, "validation", loss.item())
 
     @staticmethod
     def _stop(trainer: L.Trainer, what: str, value: float) -> None:
@@ -259,8 +260,9 @@ class GenerateSamples(L.Callback):
             model = averaging._average_model.module.model  # the weights validation and checkpoints use
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             return None  # diverged weights; StopOnNonFiniteLoss reports it
-        prompt = "".join(c for c in o.prompt if c in tok.stoi) or tok.chars[0]
-        idx = torch.tensor([tok.encode(prompt)], device=pl_module.device)
+        prompt = "".join(c for c in o.prompt if not tok.unknown(c))
+        idx = torch.tensor([tok.encode(prompt) if prompt else [0]], device=pl_module.device)
+        prompt = prompt or tok.decode([0])
         generator = torch.Generator(device=pl_module.device).manual_seed(o.seed)
         was_training = model.training
         model.eval()

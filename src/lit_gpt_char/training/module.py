@@ -26,7 +26,7 @@ from lit_gpt_char.training.optim import OptimConfig, build_optimizer
 
 # The val loss is summed over ranks by hand (per character, see on_validation_epoch_end), so
 # Lightning's advice to log it with sync_dist=True under DDP does not apply.
-warnings.filterwarnings("ignore", message=r".*self\.log\('val/(loss|bpc)', \.\.\., sync_dist=True\)")
+warnings.filterwarnings("ignore", message=r".*self\.log\('val(_sample)?/(loss|bpc)', \.\.\., sync_dist=True\)")
 
 FSDP_PREFIX = "_fsdp_wrapped_module."  # what FSDP puts into the names of the modules it wraps
 
@@ -63,7 +63,8 @@ def gpt_config(vocab_size: int, model: ModelConfig) -> GPTConfig:
 
 
 class LitGPT(L.LightningModule):
-    """A character GPT with its tokenizer; `vocab` is the tokenizer's character list.
+    """A character GPT with its tokenizer; `vocab` is the tokenizer's character list, `unit` its
+    unit (char, or byte: see core/tokenizer.py).
 
     `model` and `optim` default to the CLI's defaults (they are the same dataclasses), so
     LitGPT(vocab) here and `python -m lit_gpt_char.train` build the same model and optimizer.
@@ -74,13 +75,16 @@ class LitGPT(L.LightningModule):
         vocab: list[str],
         model: ModelConfig | Mapping[str, Any] | None = None,
         optim: OptimConfig | Mapping[str, Any] | None = None,
+        unit: str = "char",
     ):
         super().__init__()
         model = model if isinstance(model, ModelConfig) else build(ModelConfig, model)
         self.optim = optim if isinstance(optim, OptimConfig) else build(OptimConfig, optim)
-        self.tokenizer = CharTokenizer(vocab)
+        self.tokenizer = CharTokenizer(vocab, unit)
         # Plain values only, so checkpoints load with weights_only=True.
-        self.save_hyperparameters({"vocab": list(vocab), "model": model.to_dict(), "optim": self.optim.to_dict()})
+        self.save_hyperparameters(
+            {"vocab": list(vocab), "unit": unit, "model": model.to_dict(), "optim": self.optim.to_dict()}
+        )
         self.model = GPT(gpt_config(len(vocab), model))
         self._matrices = {n for n, p in self.model.named_parameters() if p.dim() >= 2}
         # The compiled wrapper shares the model's parameters but is kept out of the module tree,
@@ -140,8 +144,10 @@ class LitGPT(L.LightningModule):
             torch.tensor(self._val_count, dtype=torch.float64, device=self.device), reduce_op="sum"
         )
         loss = (total / count).float()
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/bpc", loss / math.log(2))
+        # val_sample/* when this validation scored a sample of a large val split (training/data.py)
+        tag = getattr(self.trainer.datamodule, "val_tag", "val")
+        self.log(f"{tag}/loss", loss, prog_bar=True)
+        self.log(f"{tag}/bpc", loss / math.log(2))
         self._t_last = None  # validation time is not training throughput
 
     # --- optimizer and schedule -----------------------------------------------------------------

@@ -9,6 +9,7 @@ writing into the directory of the run it continues.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +20,20 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_gpt_char.config import options, print_config_tree
-from lit_gpt_char.core.checkpoint import safe_load
+from lit_gpt_char.core.checkpoint import model_config, safe_load
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError, find_user_error, in_multirun
 from lit_gpt_char.results.status import RunRecord, update_status
 from lit_gpt_char.training import rundir
-from lit_gpt_char.training.callbacks import SaveOnInterrupt
+from lit_gpt_char.training.callbacks import PlotCurves, SaveOnInterrupt
 from lit_gpt_char.training.config import PathsConfig, TrainConfig, TrainerConfig
 from lit_gpt_char.training.data import DataConfig, TextDataModule
 from lit_gpt_char.training.distributed import best_model_score, check_launch, choose_main_port, effective_batch
@@ -125,22 +128,21 @@ def resolve_resume(cfg: DictConfig, settings: Settings) -> Resume | None:
     return Resume(path, ckpt, run_dir)
 
 
-def check_resume_fits(resume: Resume, vocab: list[str], settings: Settings) -> None:
+def check_resume_fits(resume: Resume, tokenizer: CharTokenizer, settings: Settings) -> None:
     """The checkpoint must be of the configured model and corpus, or resuming could only fail later
     (or worse, half-way through rewriting the run's records)."""
-    old = CharTokenizer.from_dict(resume.checkpoint["tokenizer"]).chars
-    if old != vocab:
+    old = CharTokenizer.from_dict(resume.checkpoint["tokenizer"])
+    if old != tokenizer:
         raise UserError(
-            f"ckpt_path={resume.path}: was trained with a vocabulary of {len(old)} characters, but this corpus "
-            f"gives {len(vocab)} (or other ones): resume on the corpus it was trained on (data.path)"
+            f"ckpt_path={resume.path}: was trained with a vocabulary of {old.vocab_size} {old.unit}s, but this "
+            f"corpus gives {tokenizer.vocab_size} {tokenizer.unit}s (or other ones): resume on the corpus it was "
+            "trained on (data.path, data.unit)"
         )
-    want = gpt_config(len(vocab), settings.model).to_dict()
-    have = resume.checkpoint["model_config"]
-    differ = [k for k in want if have.get(k) != want[k]] if isinstance(have, dict) else list(want)
+    want = gpt_config(tokenizer.vocab_size, settings.model).to_dict()
+    have = model_config(resume.checkpoint["model_config"], resume.path).to_dict()  # defaults for older keys
+    differ = [k for k in want if have.get(k) != want[k]]
     if differ:
-        pairs = ", ".join(
-            f"model.{k}={want[k]} (the checkpoint's: {have.get(k) if isinstance(have, dict) else '?'})" for k in differ
-        )
+        pairs = ", ".join(f"model.{k}={want[k]} (the checkpoint's: {have.get(k)})" for k in differ)
         raise UserError(
             f"ckpt_path={resume.path}: its model differs from the configured one: {pairs}: resume with "
             "the options it was trained with"
@@ -157,6 +159,36 @@ class Plan:
     vocab: list[str]
 
 
+def monitor_val_sample(callbacks: list, datamodule: TextDataModule) -> None:
+    """Validations that score a sample of a large val split log val_sample/loss (val/loss only comes
+    from the whole-split pass at the end): best checkpoints are then chosen by the sample."""
+    if not datamodule.val_sampled:
+        return
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor == "val/loss":
+            cb.monitor = "val_sample/loss"
+            if cb.filename:
+                cb.filename = cb.filename.replace("val{val/loss", "val_sample{val_sample/loss")
+                cb.filename = cb.filename.replace("{val/loss", "{val_sample/loss")
+
+
+def validate_whole_split(trainer: L.Trainer, module: LitGPT, datamodule: TextDataModule) -> float | None:
+    """After a finished fit whose validations scored a sample: one pass over the whole val split,
+    logged as val/loss and val/bpc at the last step (and drawn into the plots)."""
+    if not datamodule.val_sampled or trainer.state.status != TrainerStatus.FINISHED or trainer.fast_dev_run:
+        return None
+    if trainer.limit_val_batches == 0:
+        return None
+    n = datamodule.split_sizes()[1] - 1
+    log.info(f"Scoring the whole val split, {n:,} tokens (the validations during training scored a fixed sample)")
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    for cb in trainer.callbacks:
+        if isinstance(cb, PlotCurves):
+            cb.draw(trainer)
+    loss = trainer.callback_metrics.get("val/loss")
+    return float(loss) if loss is not None else None
+
+
 def prepare(cfg: DictConfig) -> Plan:
     """Check everything a run needs without writing anything: every option, the checkpoint to resume
     from, the corpus and its vocabulary, and that the checkpoint fits the configured model."""
@@ -168,7 +200,7 @@ def prepare(cfg: DictConfig) -> Plan:
     vocab = datamodule.tokenizer.chars
     check_fits_in_memory(gpt_config(len(vocab), settings.model), settings.trainer)
     if resume is not None:
-        check_resume_fits(resume, vocab, settings)
+        check_resume_fits(resume, datamodule.tokenizer, settings)
     return Plan(settings, resume, datamodule, vocab)
 
 
@@ -258,9 +290,10 @@ def train(cfg: DictConfig, plan: Plan) -> float | None:
 
     datamodule = plan.datamodule
     datamodule.tokenizer_path = str(out / "tokenizer.json")
+    monitor_val_sample(callbacks, datamodule)
     if rank_zero_only.rank == 0 and settings.run.print_config:
         print_config_tree(cfg)
-    module = LitGPT(plan.vocab, settings.model, settings.optim)
+    module = LitGPT(plan.vocab, settings.model, settings.optim, unit=datamodule.tokenizer.unit)
     if trainer.is_global_zero:
         update_status(out, params=module.model.num_params())
         log.info(effective_batch(trainer, settings.data.batch_size, settings.model.block_size))
@@ -273,9 +306,13 @@ def train(cfg: DictConfig, plan: Plan) -> float | None:
         sys.exit(1 if stopped_by == "Ctrl-C" else 143)
     ckpt = trainer.checkpoint_callback
     best = best_model_score(trainer)
+    whole = validate_whole_split(trainer, module, datamodule)
     if trainer.is_global_zero:
         print(f"Run directory:   {out}")
         if ckpt is not None and ckpt.best_model_path:
             print(f"Best checkpoint: {ckpt.best_model_path}")
-        print(f"Best val loss:   {float(best):.4f}" if best is not None else "Best val loss:   (no validation ran)")
+        label = "Best val_sample loss:" if datamodule.val_sampled else "Best val loss:  "
+        print(f"{label} {float(best):.4f}" if best is not None else "Best val loss:   (no validation ran)")
+        if whole is not None:
+            print(f"Val loss (whole split, end of training): {whole:.4f} ({whole / math.log(2):.4f} bpc)")
     return float(best) if best is not None else None
