@@ -9,7 +9,7 @@ from importlib.resources import files
 import hydra
 import pytest
 import torch
-from helpers import compose_config, compose_train, run_main
+from helpers import compose_config, compose_train, require, run_main
 from omegaconf import OmegaConf
 
 from lit_gpt_char import bench, sample, train
@@ -51,6 +51,9 @@ def test_config_composes_resolves_and_instantiates(overrides, tmp_path, corpus):
     TextDataModule(s.data, block_size=s.model.block_size)
     module = LitGPT(list("abcdefg"), s.model, s.optim)
     assert module.model.config.n_layer == cfg.model.n_layer
+    for module, target in (("wandb", "Wandb"), ("mlflow", "MLflow")):  # optional extras: .[loggers]
+        if any(target in str(c.get("_target_")) for c in (cfg.get("logger") or {}).values()):
+            require(module)
     for group in ("callbacks", "logger"):
         for c in (cfg.get(group) or {}).values():
             if c:

@@ -31,6 +31,7 @@ from lit_gpt_char.results.status import record_status, update_status
 from lit_gpt_char.training.config import PathsConfig, TrainConfig, TrainerConfig
 from lit_gpt_char.training.data import DataConfig, TextDataModule
 from lit_gpt_char.training.distributed import best_model_score, check_launch, choose_main_port, effective_batch
+from lit_gpt_char.training.loggers import LogHyperparams
 from lit_gpt_char.training.module import LitGPT, ModelConfig
 from lit_gpt_char.training.optim import OptimConfig
 
@@ -124,6 +125,20 @@ def check_same_vocabulary(ckpt: dict, vocab: list[str], path: str) -> None:
         )
 
 
+def hyperparameters_of(s: Settings) -> dict[str, Any]:
+    """What a run's loggers compare runs by: the model, optimizer and data options, the length of the
+    training and the seed."""
+    t = s.trainer
+    trainer = {k: getattr(t, k) for k in ("max_steps", "precision", "accumulate_grad_batches", "gradient_clip_val")}
+    return {
+        "model": s.model.to_dict(),
+        "optim": s.optim.to_dict(),
+        "data": s.data.to_dict(),
+        "trainer": trainer,
+        "seed": s.run.seed,
+    }
+
+
 def main(cfg: DictConfig) -> float | None:
     """The train command: refuse a launch that cannot work (a whole sweep stops at once), then train."""
     check_launch(cfg)
@@ -147,6 +162,8 @@ def train(cfg: DictConfig) -> float | None:
             # A resumed run drops what a killed run logged after its last checkpoint: no duplicate steps.
             tb = resume is not None and c._target_.endswith("TensorBoardLogger")
             loggers.append(instantiate(c, f"logger.{name}", **({"purge_step": resume["global_step"]} if tb else {})))
+    if loggers:  # the hyperparameters, with the best val loss as their metric, to every logger at the end
+        callbacks.append(LogHyperparams(hyperparameters_of(settings)))
     choose_main_port(cfg.trainer)
     trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
