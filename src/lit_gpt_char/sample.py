@@ -16,7 +16,7 @@ from pathlib import Path  # noqa: E402
 
 from omegaconf import DictConfig  # noqa: E402
 
-from lit_gpt_char.config import options, register, run  # noqa: E402
+from lit_gpt_char.config import help_text, options, register, run  # noqa: E402
 from lit_gpt_char.core.generation import PRECISIONS, SamplingOptions, load_generator  # noqa: E402
 from lit_gpt_char.errors import UserError  # noqa: E402
 from lit_gpt_char.options import option  # noqa: E402
@@ -115,7 +115,17 @@ def sample(raw: DictConfig | SampleConfig) -> list[str]:
     return samples
 
 
-main = run("sample", sample)
+def usage() -> str:
+    """`lit-gpt-char sample --help`: this command's options, from SampleConfig."""
+    return help_text(
+        "lit-gpt-char sample: write text with a trained model (text to stdout, diagnostics to stderr).",
+        "lit-gpt-char sample ckpt=PATH|latest [key=value ...]   (or python -m lit_gpt_char.sample ...)",
+        [("", SampleConfig)],
+        notes=["Quote a value with spaces for the shell and for Hydra: \"prompt='Wherefore art thou'\"."],
+    )
+
+
+main = run("sample", sample, help=usage)
 
 if __name__ == "__main__":
     main()
