@@ -15,8 +15,10 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from omegaconf import DictConfig  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from lit_gpt_char.config import help_text, options, register, run  # noqa: E402
+from lit_gpt_char.core.checkpoint import load_any  # noqa: E402
 from lit_gpt_char.core.generation import PRECISIONS, SamplingOptions, load_generator  # noqa: E402
 from lit_gpt_char.errors import UserError  # noqa: E402
 from lit_gpt_char.options import option  # noqa: E402
@@ -26,7 +28,14 @@ from lit_gpt_char.options import option  # noqa: E402
 class SampleConfig(SamplingOptions):
     """The options of `python -m lit_gpt_char.sample` (SamplingOptions' and these)."""
 
-    ckpt: str = option("???", "a .ckpt file, a training run directory (its best checkpoint) or an export directory")
+    ckpt: str = option(
+        "???",
+        "a .ckpt file, a training run directory (its best checkpoint), an export directory, or latest "
+        "(the best checkpoint of the run under log_dir that saved one last)",
+    )
+    log_dir: str | None = option(
+        None, "where ckpt=latest looks: the train command's paths.log_dir; null: $LIT_GPT_CHAR_LOG_DIR, else outputs"
+    )
     prompt: str = option("\n", "the text to continue")
     prompt_file: str | None = option(None, "read the prompt from this UTF-8 file instead (must not be empty)")
     on_unknown: str = option(
@@ -39,6 +48,9 @@ class SampleConfig(SamplingOptions):
     )
     compile: bool = option(False, "torch.compile the forward: for GPUs (on a CPU: ~40 s compiling, no gain)")
     stream: bool | None = option(None, "print characters as they come; null: when stdout is a terminal")
+    progress: bool | None = option(
+        None, "a progress bar on stderr; null: when not streaming, stderr is a terminal and it takes over 1 s"
+    )
     out: str | None = option(None, "also write the samples to this file")
 
 
@@ -62,18 +74,35 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def progress_bar(cfg: SampleConfig, stream: bool) -> tqdm:
+    """Characters written so far, on stderr: for text going to a file or a pipe, where nothing else shows
+    progress; never beside text streaming to the terminal. Unasked, it appears only after 1 s."""
+    show = (not stream and sys.stderr.isatty()) if cfg.progress is None else cfg.progress
+    return tqdm(
+        total=cfg.max_new_tokens * cfg.num_samples,
+        unit="char",
+        file=sys.stderr,
+        disable=not show,
+        delay=1.0 if cfg.progress is None else 0.0,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
 def sample(raw: DictConfig | SampleConfig) -> list[str]:
     """Generate cfg.num_samples texts; return them (prompt included)."""
     cfg = options(raw, SampleConfig)
     prompt = read_prompt(cfg)
-    gen = load_generator(cfg.ckpt, device=cfg.device, precision=cfg.precision, compile=cfg.compile)
+    loaded = load_any(cfg.ckpt, log_dir=cfg.log_dir)
+    gen = load_generator(loaded, device=cfg.device, precision=cfg.precision, compile=cfg.compile)
     prompt_ids = gen.encode_prompt(prompt, cfg.on_unknown)
     prompt = gen.tokenizer.decode(prompt_ids)
     log(
         f"model: {gen.num_params / 1e6:.2f}M parameters, block size {gen.model.config.block_size}, "
-        f"vocabulary {gen.tokenizer.vocab_size}, on {gen.device} ({gen.precision})"
+        f"vocabulary {gen.tokenizer.vocab_size}, on {gen.device} ({gen.precision}), from {loaded.source}"
     )
     stream = sys.stdout.isatty() if cfg.stream is None else cfg.stream
+    bar = progress_bar(cfg, stream)
     samples, first_char_at, n_chars, gen_time = [], None, 0, 0.0
     for i in range(cfg.num_samples):
         if cfg.num_samples > 1:
@@ -96,13 +125,17 @@ def sample(raw: DictConfig | SampleConfig) -> list[str]:
             if first_char_at is None:
                 first_char_at = time.perf_counter() - START
             pieces.append(ch)
+            bar.update()
             if stream:
                 print(ch, end="", flush=True)
         gen_time += time.perf_counter() - t0
         n_chars += len(pieces) - 1
         text = "".join(pieces)
         samples.append(text)
+        if not stream:
+            bar.clear()  # the text goes where the bar is when both are on a terminal
         print("" if stream else text, flush=True)
+    bar.close()
     if cfg.out:
         sep = "\n" + "=" * 50 + "\n"
         Path(cfg.out).write_text(sep.join(samples), encoding="utf-8")
