@@ -110,9 +110,6 @@ def run(
     through the ${entry_help:} template of the config's hydra.help."""
     import hydra
 
-    global _help
-    _help = help
-
     wrapped = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name)(
         user_errors(task)
     )
@@ -121,6 +118,8 @@ def run(
         # Hydra prints its own errors and exits 1 unless HYDRA_FULL_ERROR is set; set, it raises them
         # here. Whether the user asked for tracebacks is kept in LIT_GPT_CHAR_TRACEBACK, which
         # processes started by this one (DDP ranks) inherit.
+        global _help
+        _help = help  # what ${entry_help:} gives: this command's, whichever entry points are imported
         wants_traceback()
         before = os.environ.get("HYDRA_FULL_ERROR")
         os.environ["HYDRA_FULL_ERROR"] = "1"
