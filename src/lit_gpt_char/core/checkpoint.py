@@ -294,22 +294,33 @@ def read_config_json(path: str | Path) -> dict:
     return values
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() or (a.shape == b.shape and torch.equal(a, b))
+
+
+def tied_names(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The names in TIED whose tensor is its twin's (one matrix under two names)."""
+    return [
+        k
+        for k, twin in TIED.items()
+        if k in state_dict and twin in state_dict and _same(state_dict[k], state_dict[twin])
+    ]
+
+
 def _untie(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The state dict with each tied name stored once (safetensors refuses two names for one tensor)."""
-    return {k: v for k, v in state_dict.items() if not (k in TIED and TIED[k] in state_dict)}
+    """The state dict with each tied matrix stored once (safetensors refuses two names for one tensor);
+    a head that is not tied (its own values) is kept."""
+    tied = tied_names(state_dict)
+    return {k: v for k, v in state_dict.items() if k not in tied}
 
 
-def _tie(state_dict: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
-    """Give each tied name its tensor back; a file holding two different tensors for them is refused."""
+def _tie(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give a tied matrix its second name back (files store it once)."""
     for name, twin in TIED.items():
         if name not in state_dict and twin in state_dict:
             state_dict[name] = state_dict[twin]
         elif twin not in state_dict and name in state_dict:
             state_dict[twin] = state_dict[name]
-        elif name in state_dict and twin in state_dict:
-            a, b = state_dict[name], state_dict[twin]
-            if a.shape == b.shape and a.data_ptr() != b.data_ptr() and not torch.equal(a, b):
-                raise UserError(f"{source}: {name} and {twin} differ, but the model ties them (one matrix)")
     return state_dict
 
 
@@ -338,7 +349,7 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
         tensors, meta = safe_load(path, map_location), {}
         if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
             raise UserError(f"{path} is not a state dict (a mapping of names to tensors)")
-    return _tie(_strip(tensors), path), meta
+    return _tie(_strip(tensors)), meta
 
 
 def _info_from_metadata(meta: dict) -> dict[str, Any]:
@@ -453,7 +464,7 @@ def save_export(loaded: Loaded, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in _untie(loaded.state_dict).items()}
-    meta = {"format": "pt", "tied": ",".join(f"{k}={v}" for k, v in TIED.items())}
+    meta = {"format": "pt", "tied": ",".join(f"{k}={TIED[k]}" for k in tied_names(loaded.state_dict))}
     meta.update({k: str(v) for k, v in loaded.info.items() if k in ("step", "val_loss")})
     atomic_write_bytes(save(tensors, metadata=meta), out / WEIGHTS_FILE)
     atomic_write_bytes((json.dumps(loaded.config.to_dict(), indent=1) + "\n").encode(), out / CONFIG_FILE)
