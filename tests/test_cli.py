@@ -117,13 +117,13 @@ def test_ckpt_latest_without_runs_says_what_to_do(tmp_path, capsys):
 # --- the progress bar -----------------------------------------------------------------------------------------
 def test_a_progress_bar_on_stderr_when_the_text_goes_to_a_file(trained_run, tmp_path, capsys):
     out = tmp_path / "samples.txt"
-    args = [f"ckpt={trained_run}", "max_new_tokens=100", "num_samples=2", f"out={out}", "stream=false", "precision=32"]
+    args = [f"ckpt={trained_run}", "max_new_tokens=40", "num_samples=2", f"out={out}", "stream=false", "precision=32"]
     assert run_main(sample.main, *args, "progress=true") == 0
     captured = capsys.readouterr()
-    assert "%|" in captured.err and "/200 [" in captured.err and "char/s" in captured.err  # both samples counted
+    assert "%|" in captured.err and "/80 [" in captured.err and "char/s" in captured.err  # both samples counted
     assert "%|" not in captured.out and out.read_text().count("\n") >= 1
     # Unasked, it shows only where stderr is a terminal (here it is captured), and never beside streaming text.
     assert run_main(sample.main, *args) == 0
     assert "%|" not in capsys.readouterr().err
-    assert run_main(sample.main, f"ckpt={trained_run}", "max_new_tokens=100", "stream=true", "precision=32") == 0
+    assert run_main(sample.main, f"ckpt={trained_run}", "max_new_tokens=40", "stream=true", "precision=32") == 0
     assert "%|" not in capsys.readouterr().err

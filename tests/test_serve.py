@@ -192,10 +192,11 @@ BAD_REQUESTS = [
     (b'{"prompt": "a", "top_k": 0}', "top_k=0: must be null or an integer >= 1"),
     (b'{"prompt": "a", "on_unknown": "ignore"}', "on_unknown=ignore: must be one of error, skip"),
     (b'{"prompt": "a", "temperature": null}', "temperature=null: must be a number"),
+    (b'{"prompt": "' + b"a" * 1_000_001 + b'"}', "at most 1000000"),
 ]
 
 
-@pytest.mark.parametrize("body, message", BAD_REQUESTS, ids=[m for _, m in BAD_REQUESTS])
+@pytest.mark.parametrize("body, message", BAD_REQUESTS, ids=[m[:40] for _, m in BAD_REQUESTS])
 def test_bad_requests_get_a_400_and_one_line(body, message, server):
     status, answer = post(server, body)
     assert status == 400 and message in answer["error"] and "\n" not in answer["error"], answer

@@ -31,6 +31,7 @@ from lit_gpt_char.errors import UserError
 from lit_gpt_char.options import build
 
 REQUEST_KEYS = ("prompt", "on_unknown", *(f for f in SamplingOptions.__dataclass_fields__ if f != "slide"))
+MAX_BODY = 1_000_000  # bytes of one request: a prompt of a million characters is already more than enough
 CHUNK_SECONDS = 0.03  # characters are sent in chunks of at most this much generation time
 
 
@@ -61,8 +62,11 @@ def make_app(gen: TextGenerator, facts: dict[str, Any], max_chars: int = 10_000)
         return JSONResponse({"facts": facts, "defaults": defaults, "max_chars": max_chars})
 
     async def generate(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return error(f"the request is {len(body)} bytes: at most {MAX_BODY} (the model reads the last block_size)")
         try:
-            values = json.loads(await request.body() or b"{}")
+            values = json.loads(body or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError):
             return error('the request body is not JSON: send an object such as {"prompt": "ROMEO:"}')
         try:
