@@ -1,10 +1,16 @@
-"""The benchmark runs and prints valid JSON (its numbers are measured elsewhere, not asserted)."""
+"""The benchmark runs and prints valid JSON (its numbers are measured elsewhere, not asserted), with
+its built-in plain-PyTorch reference (baseline=builtin) or a reference script given by path."""
 
 import json
 import math
 
 import pytest
-from helpers import BASELINE, run_cli
+from helpers import REPO, run_cli, run_main
+
+from lit_gpt_char import bench
+
+# The built-in reference is also a plain script: the baseline=PATH form, with no file from outside the repository.
+BASELINE_SCRIPT = REPO / "src" / "lit_gpt_char" / "baseline.py"
 
 pytestmark = pytest.mark.slow
 SMALL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "data.batch_size=4"]
@@ -15,8 +21,7 @@ def last_json(stdout: str) -> dict:
 
 
 def test_bench_train_json(corpus):
-    extra = [f"baseline={BASELINE}"] if BASELINE.is_file() else []
-    r = run_cli("bench", *SMALL, f"data.path={corpus}", "steps=4", "warmup_steps=1", *extra)
+    r = run_cli("bench", *SMALL, f"data.path={corpus}", "steps=4", "warmup_steps=1", "baseline=builtin")
     assert r.returncode == 0, r.stderr[-3000:]
     out = last_json(r.stdout)
     for key in (
@@ -34,19 +39,25 @@ def test_bench_train_json(corpus):
         assert key in out, key
     # MFU is over a peak this command measures itself: it can come out above 1 (a peak measured low).
     assert out["tokens_per_s"] > 0 and out["mfu"] > 0 and math.isfinite(out["mfu"])
-    if extra:
-        assert out["speedup_vs_baseline"] > 0
+    assert out["baseline_tokens_per_s"] > 0
+    assert out["speedup_vs_baseline"] == pytest.approx(out["tokens_per_s"] / out["baseline_tokens_per_s"])
 
 
 def test_bench_sample_json():
-    extra = [f"baseline={BASELINE}"] if BASELINE.is_file() else []
-    r = run_cli("bench", "mode=sample", *SMALL, "new_tokens=50", "sample_precision=int8", "repeats=2", *extra)
+    args = ["mode=sample", *SMALL, "new_tokens=50", "sample_precision=int8", "repeats=2"]
+    r = run_cli("bench", *args, f"baseline={BASELINE_SCRIPT}")
     assert r.returncode == 0, r.stderr[-3000:]
     out = last_json(r.stdout)
     assert out["mode"] == "sample" and out["new_tokens"] == 50 and out["tokens_per_s"] > 0
     assert out["first_char_s"] is not None and "int8" in out["precision"]
     assert len(out["runs_tokens_per_s"]) == 2
-    if extra:  # one ratio per round (ours, then the baseline's), and their median
-        ratios = [a / b for a, b in zip(out["runs_tokens_per_s"], out["runs_baseline_tokens_per_s"])]
-        assert out["runs_speedup"] == pytest.approx(ratios, rel=0.01, abs=0.006)  # both rounded to 2 places
-        assert out["speedup_vs_baseline"] == pytest.approx(sum(out["runs_speedup"]) / 2, rel=0.01)
+    # One ratio per round (ours, then the baseline's), and their median.
+    ratios = [a / b for a, b in zip(out["runs_tokens_per_s"], out["runs_baseline_tokens_per_s"])]
+    assert out["runs_speedup"] == pytest.approx(ratios, rel=0.01, abs=0.006)  # both rounded to 2 places
+    assert out["speedup_vs_baseline"] == pytest.approx(sum(out["runs_speedup"]) / 2, rel=0.01)
+
+
+def test_a_missing_baseline_is_refused_before_any_timing(corpus, capsys):
+    code = run_main(bench.main, *SMALL, f"data.path={corpus}", "baseline=nowhere/baseline.py")
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: baseline=nowhere/baseline.py does not exist"), err

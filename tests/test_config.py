@@ -9,10 +9,10 @@ from importlib.resources import files
 import hydra
 import pytest
 import torch
-from helpers import compose_config, compose_train, run_main
+from helpers import compose_config, compose_train, require, run_main
 from omegaconf import OmegaConf
 
-from lit_gpt_char import bench, sample, train
+from lit_gpt_char import bench, sample, serve, train
 from lit_gpt_char.config import options
 from lit_gpt_char.core.generation import SamplingOptions
 from lit_gpt_char.core.model import GPTConfig
@@ -53,6 +53,9 @@ def test_config_composes_resolves_and_instantiates(overrides, tmp_path, corpus):
     TextDataModule(s.data, block_size=s.model.block_size)
     module = LitGPT(list("abcdefg"), s.model, s.optim)
     assert module.model.config.n_layer == cfg.model.n_layer
+    for module, target in (("wandb", "Wandb"), ("mlflow", "MLflow")):  # optional extras: .[loggers]
+        if any(target in str(c.get("_target_")) for c in (cfg.get("logger") or {}).values()):
+            require(module)
     for group in ("callbacks", "logger"):
         for c in (cfg.get(group) or {}).values():
             if c:
@@ -117,7 +120,7 @@ def test_yaml_restates_no_schema_default():
 
 
 def test_every_option_has_help_and_a_description():
-    for schema in [*SCHEMAS.values(), SamplingOptions, sample.SampleConfig, bench.BenchConfig]:
+    for schema in [*SCHEMAS.values(), SamplingOptions, sample.SampleConfig, bench.BenchConfig, serve.ServeConfig]:
         hints = __import__("typing").get_type_hints(schema)
         for f in dataclasses.fields(schema):
             if f.name.startswith("_") or f.name in (

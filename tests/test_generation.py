@@ -192,12 +192,12 @@ def test_python_api_and_export_round_trip(trained_run, tmp_path):
     assert "".join(gen.stream("the king", max_new_tokens=40, seed=3)) == text[len("the king") :]
 
     out = export(trained_run, tmp_path / "exported")
-    assert {p.name for p in out.iterdir()} == {"model.pt", "tokenizer.json", "config.json"}
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "tokenizer.json", "config.json"}
     assert load_generator(out, device="cpu").generate("the king", max_new_tokens=40, seed=3) == text
     (out / "config.json").unlink()  # sizes from the weights' shapes, n_head given
     from lit_gpt_char.core.checkpoint import load_exported
 
-    loaded = load_exported(out / "model.pt", out / "tokenizer.json", n_head=2)
+    loaded = load_exported(out / "model.safetensors", out / "tokenizer.json", n_head=2)
     assert load_generator(loaded, device="cpu").generate("the king", max_new_tokens=40, seed=3) == text
 
 

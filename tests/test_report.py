@@ -59,3 +59,19 @@ def test_report_on_a_running_sweep_with_a_failed_job(tmp_path):
     ]
     assert rows[2]["best_val_loss"] == "" and rows[2]["error"] == "RuntimeError: boom"
     assert (sweep / "val_loss_all.png").stat().st_size > 10_000
+
+
+def test_numbers_are_shown_to_about_three_significant_digits(tmp_path):
+    """What Optuna suggests (lr=0.0027656442847589758) reads as 0.00277 in the table and the plot's
+    legend; summary.csv keeps the exact value."""
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, "0", ["optim.lr=0.0027656442847589758", "optim.betas=[0.9,0.951234]"], "completed", n_steps=20)
+    fake_job(sweep, "1", ["optim.lr=1e-3", "optim.betas=[0.9,0.95]"], "completed", n_steps=20)
+    console = Console(record=True, width=200)
+    jobs = report.report(sweep, console)
+    text = console.export_text()
+    assert "0.00277" in text and "0.0027656" not in text and "[0.9,0.951]" in text and "1e-3" in text
+    labels = list(report.legend(jobs, ["optim.lr", "optim.betas"]))
+    assert labels == ["job 0: lr=0.00277 betas=[0.9,0.951]", "job 1: lr=1e-3 betas=[0.9,0.95]"]
+    with open(sweep / "summary.csv", newline="") as f:
+        assert next(csv.DictReader(f))["optim.lr"] == "0.0027656442847589758"

@@ -6,7 +6,8 @@ Layers, each importing only those above it:
   training/               Lightning: data, optimizer, LightningModule, callbacks, distributed, run
   results/                no torch: run status, plots, sweep summaries
   config.py               Hydra glue: schemas in the ConfigStore, one-line config errors
-  train.py sample.py bench.py export.py plot.py report.py   thin entry points (python -m ...)
+  train.py sample.py serve.py bench.py export.py plot.py report.py   thin entry points (python -m ...;
+                          cli.py: `lit-gpt-char <command>` for all of them)
 Data flows one way: corpus -> token file -> windows -> module -> checkpoint -> generator.
 """
 

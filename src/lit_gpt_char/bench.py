@@ -1,8 +1,9 @@
 """Benchmark training or sampling: `python -m lit_gpt_char.bench [mode=sample] [overrides]`.
 
 Train mode times optimizer steps of the real LightningModule + data module (warm-up steps
-excluded), the same model and batches in a plain PyTorch loop (Lightning's overhead), and,
-with baseline=PATH, ../shared/bench/baseline.py on the same model in this session. MFU is
+excluded), the same model and batches in a plain PyTorch loop (Lightning's overhead), and, with
+baseline=builtin, a plain eager float32 nanoGPT-style reference (lit_gpt_char.baseline) on the same
+model in this session (baseline=PATH: another script with that command line). MFU is
 model FLOPs/s over the peak matmul rate this command measures on this device in the same
 dtype. The last stdout line is one JSON object.
 """
@@ -10,6 +11,7 @@ dtype. The last stdout line is one JSON object.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import resource
@@ -29,7 +31,7 @@ from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from lit_gpt_char.config import print_config_tree, register, run
+from lit_gpt_char.config import help_text, print_config_tree, register, run
 from lit_gpt_char.core.generation import load_generator
 from lit_gpt_char.core.model import GPT
 from lit_gpt_char.core.tokenizer import CharTokenizer
@@ -60,7 +62,11 @@ class BenchConfig(TrainConfig):
         "auto", "sample mode: auto | 32 | bf16 | int8", choices=("auto", "32", "bf16", "int8")
     )
     first_char: bool = option(True, "sample mode: also time `python -m lit_gpt_char.sample` to its first character")
-    baseline: str | None = option(None, "path to shared/bench/baseline.py: run it in this command and report the ratio")
+    baseline: str | None = option(
+        None,
+        "builtin: also time lit_gpt_char.baseline (plain eager PyTorch, float32, no KV cache) in this command "
+        "and report the ratio; or the path of another script with its command line",
+    )
     print_config: bool = option(False, "print the composed config at the start")
 
 
@@ -146,11 +152,25 @@ def time_plain_loop(
     return sorted(times)[len(times) // 2]
 
 
+BUILTIN = "builtin"
+
+
+def baseline_command(path: str) -> list[str]:
+    """How to run the reference: builtin is lit_gpt_char.baseline, anything else a script file."""
+    if path == BUILTIN:
+        return [sys.executable, "-m", "lit_gpt_char.baseline"]
+    if Path(path).is_file():
+        return [sys.executable, path]
+    raise UserError(
+        f"baseline={path} does not exist: pass baseline=builtin, or the path of a script that takes "
+        "lit_gpt_char.baseline's command line"
+    )
+
+
 def run_baseline(path: str, args: list[str]) -> dict:
-    """Run the reference script (never concurrently with our timing) and parse its JSON line."""
-    if not Path(path).is_file():
-        raise UserError(f"baseline={path} does not exist: pass the path of shared/bench/baseline.py")
-    r = subprocess.run([sys.executable, path, *args], capture_output=True, text=True, timeout=3600)
+    """Run the reference (never concurrently with our timing) and parse its JSON line: builtin is
+    lit_gpt_char.baseline, anything else a script taking the same command line."""
+    r = subprocess.run([*baseline_command(path), *args], capture_output=True, text=True, timeout=3600)
     if r.returncode != 0:
         raise UserError(f"the baseline failed ({path} {' '.join(args)}):\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -319,6 +339,8 @@ def show(result: dict) -> None:
 
 def bench(cfg: DictConfig) -> dict:
     settings = check_config(cfg, BenchConfig)
+    if cfg.baseline:
+        baseline_command(cfg.baseline)  # a wrong path stops here, before minutes of timing
     L.seed_everything(cfg.seed, verbose=False)
     if cfg.print_config:
         print_config_tree(cfg)
@@ -328,7 +350,19 @@ def bench(cfg: DictConfig) -> dict:
     return result
 
 
-main = run("bench", bench)
+def usage() -> str:
+    """`lit-gpt-char bench --help`: the bench's own keys (every training option works too)."""
+    own = BenchConfig.__annotations__
+    return help_text(
+        "lit-gpt-char bench: time training or sampling here, against a plain-PyTorch reference.",
+        "lit-gpt-char bench [mode=train|sample] [baseline=builtin] [any training option ...]",
+        [("", BenchConfig)],
+        skip=[f.name for f in dataclasses.fields(TrainConfig) if f.name not in own],
+        notes=["Every option of `lit-gpt-char train --help` works too (model.*, data.*, trainer.*, experiment=...)."],
+    )
+
+
+main = run("bench", bench, help=usage)
 
 
 if __name__ == "__main__":

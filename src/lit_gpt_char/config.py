@@ -8,10 +8,15 @@ YAML file only selects and overrides. Importing this module registers the resolv
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
+import shutil
 import sys
+import textwrap
 import time
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -97,11 +102,14 @@ def _quoted(text: str) -> str:
     return found.group(1) if found else text.splitlines()[0]
 
 
-def run(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+def run(
+    config_name: str, task: Callable[[DictConfig], Any], help: Callable[[], str] | None = None
+) -> Callable[[], Any]:
     """The console entry of a Hydra command: parse the command line, compose conf/<config_name>.yaml,
     run task(cfg). Mistakes anywhere (an unknown key, a value of the wrong type, a missing group
     option, or a UserError from the task) end as one `error:` line and exit status 2; bugs raise.
-    HYDRA_FULL_ERROR=1 shows the traceback of any error."""
+    HYDRA_FULL_ERROR=1 shows the traceback of any error. `--help` prints help() (see help_text),
+    through the ${entry_help:} template of the config's hydra.help."""
     import hydra
 
     wrapped = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name)(
@@ -112,6 +120,8 @@ def run(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any
         # Hydra prints its own errors and exits 1 unless HYDRA_FULL_ERROR is set; set, it raises them
         # here. Whether the user asked for tracebacks is kept in LIT_GPT_CHAR_TRACEBACK, which
         # processes started by this one (DDP ranks) inherit.
+        global _help
+        _help = help  # what ${entry_help:} gives: this command's, whichever entry points are imported
         wants_traceback()
         quiet_broken_pipes()
         before = os.environ.get("HYDRA_FULL_ERROR")
@@ -136,6 +146,113 @@ def _hydra_errors() -> tuple[type[BaseException], ...]:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     return ConfigCompositionException, MissingConfigException, OverrideParseException
+
+
+# --- --help: each entry point's own options, from its schemas ---------------------------------------------------
+_help: Callable[[], str] | None = None  # the running entry point's help, set by run()
+
+
+def _entry_help() -> str:
+    """What ${entry_help:} in conf/ gives Hydra's help template ($ doubled: the template is a string.Template)."""
+    text = _help() if _help is not None else "No help for this command."
+    return text.replace("$", "$$")
+
+
+OmegaConf.register_new_resolver("entry_help", _entry_help, replace=True)
+
+
+def _default(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "???"
+    if value == "???":
+        return "???"
+    if isinstance(value, str) and (not value.isprintable() or value != value.strip() or value == ""):
+        return json.dumps(value)  # "\n" shows as "\n", not as a line break
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value)) if all(isinstance(v, (int, float, str)) for v in value) else "[...]"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
+
+
+def options_lines(cls: type, prefix: str = "", skip: Sequence[str] = (), width: int | None = None) -> list[str]:
+    """One entry per option of the schema cls: `  key=default   help [what is allowed]`, wrapped to width."""
+    hints = typing.get_type_hints(cls)
+    width = width or min(shutil.get_terminal_size((100, 24)).columns, 120)
+    lines = []
+    fields = [f for f in dataclasses.fields(cls) if not f.name.startswith("_") and f.name not in skip]
+    for f in sorted(fields, key=lambda f: _default(f) != "???"):  # the required ones first
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        head = f"  {key}={_default(f)}"
+        what = f.metadata.get("help", "")
+        if _default(f) == "???":
+            what = f"required: {what}"
+        allowed = describe(hints[f.name], f.metadata)
+        if allowed not in ("a value", "null or a value", "a string", "null or a string"):
+            what = f"{what} [{allowed}]" if what else f"[{allowed}]"
+        body = textwrap.wrap(what, width=max(width - HELP_COLUMN, 30)) or [""]
+        if len(head) >= HELP_COLUMN - 1:
+            lines.append(head)
+            lines.extend(" " * HELP_COLUMN + b for b in body)
+        else:
+            lines.append(head.ljust(HELP_COLUMN) + body[0])
+            lines.extend(" " * HELP_COLUMN + b for b in body[1:])
+    return lines
+
+
+HELP_COLUMN = 34
+
+
+def help_text(
+    title: str,
+    usage: str,
+    sections: Sequence[tuple[str, type]],
+    skip: Sequence[str] = (),
+    groups: Sequence[str] = (),
+    notes: Sequence[str] = (),
+) -> str:
+    """An entry point's --help: what it does, how to call it, then each section's options (key=default,
+    help, what is allowed), the config groups it composes from, and notes."""
+    out = [title, "", f"Usage: {usage}", ""]
+    for prefix, cls in sections:
+        doc = _summary(cls) if prefix else ""
+        out.append(f"{prefix}.*: {doc}" if doc else f"{prefix}.*:" if prefix else "Options (key=value):")
+        out.extend(options_lines(cls, prefix, skip))
+        out.append("")
+    if groups:
+        out.append("Config groups (group=option), each a file in conf/<group>/:")
+        out.extend(f"  {g}: {', '.join(config_group_options(g))}" for g in groups)
+        out.append("")
+    out.extend(
+        [
+            *notes,
+            "`--cfg job` prints the composed config; `-m key=a,b` runs one job per value; "
+            "`--hydra-help` shows Hydra's own flags.",
+        ]
+    )
+    return "\n".join(out)
+
+
+def _summary(cls: type) -> str:
+    """The first sentence of a schema's docstring, less its `key.*:` prefix (node() classes: their base's)."""
+    for klass in cls.__mro__:
+        doc = " ".join((klass.__dict__.get("__doc__") or "").split())
+        if doc and not doc.startswith(f"{klass.__name__}("):  # not dataclass's generated signature
+            doc = re.sub(r"^[\w.]+\.\*:\s*", "", doc)
+            return re.split(r"(?<=[.;])\s", doc, maxsplit=1)[0].rstrip(".;")
+    return ""
+
+
+def config_group_options(group: str) -> list[str]:
+    """The options of a config group: conf/<group>/*.yaml."""
+    from importlib.resources import files
+
+    folder = files(CONFIG_MODULE).joinpath(group)
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 # --- the ${fast_precision:} resolver, and printing a config -------------------------------------------------------

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_gpt_char.errors import ArgumentParser, UserError, check_output_dir, quiet_broken_pipes, user_errors
-from lit_gpt_char.results.plots import draw_val_curves
-from lit_gpt_char.results.sweeps import JobSummary, differing_keys, summarize_sweep
+from lit_gpt_char.results.plots import Series, draw_val_curves
+from lit_gpt_char.results.sweeps import JobSummary, differing_keys, readable, summarize_sweep
 
 STATUS_STYLE = {
     "completed": "green",
@@ -57,7 +57,7 @@ def table(jobs: Sequence[JobSummary], keys: Sequence[str], title: str) -> Table:
     for j in jobs:
         t.add_row(
             j.name,
-            *(j.overrides.get(k, "-") for k in keys),
+            *(readable(j.overrides.get(k, "-")) for k in keys),
             _num(j.best_val_loss),
             _num(j.best_step, "d"),
             _num(j.steps, "d"),
@@ -90,6 +90,18 @@ def write_csv(jobs: Sequence[JobSummary], keys: Sequence[str], path: Path) -> Pa
     return path
 
 
+def legend(jobs: Sequence[JobSummary], keys: Sequence[str]) -> dict[str, Series]:
+    """Each job's val curve under its legend label: `job 3: lr=0.00277 n_layer=4` (the last part of each
+    key keeps labels short; numbers to about 3 significant digits)."""
+    return {
+        " ".join(
+            [f"job {j.name}" + (":" if keys else "")]
+            + [f"{k.rsplit('.', 1)[-1]}={readable(j.overrides.get(k, '-'))}" for k in keys]
+        ): j.val
+        for j in jobs
+    }
+
+
 @user_errors
 def report(sweep_dir: Path, console: Console | None = None, out_dir: Path | None = None) -> list[JobSummary]:
     """Print the table, write summary.csv and val_loss_all.png (into out_dir, default the sweep
@@ -117,15 +129,7 @@ def report(sweep_dir: Path, console: Console | None = None, out_dir: Path | None
         raise UserError(
             f"--out={out_dir}: cannot be written ({e.strerror or e}): pass --out DIR to write elsewhere"
         ) from None
-    # Legend labels: the last part of each key (lr=..., n_layer=...) keeps them short.
-    curves = {
-        " ".join(
-            [f"job {j.name}" + (":" if keys else "")]
-            + [f"{k.rsplit('.', 1)[-1]}={j.overrides.get(k, '-')}" for k in keys]
-        ): j.val
-        for j in jobs
-    }
-    png = draw_val_curves(curves, out_dir / "val_loss_all.png", title=f"Validation loss: {sweep_dir.name}")
+    png = draw_val_curves(legend(jobs, keys), out_dir / "val_loss_all.png", title=f"Validation loss: {sweep_dir.name}")
     console.print(f"Wrote {csv_path} and {png}", highlight=False)
     return jobs
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from omegaconf import DictConfig  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-from lit_gpt_char.config import options, register, run  # noqa: E402
-from lit_gpt_char.core.checkpoint import atomic_write_text  # noqa: E402
+from lit_gpt_char.config import help_text, options, register, run  # noqa: E402
+from lit_gpt_char.core.checkpoint import atomic_write_text, load_any  # noqa: E402
 from lit_gpt_char.core.generation import PRECISIONS, SamplingOptions, load_generator  # noqa: E402
 from lit_gpt_char.errors import UserError, check_output_file  # noqa: E402
 from lit_gpt_char.options import option  # noqa: E402
@@ -27,7 +28,14 @@ from lit_gpt_char.options import option  # noqa: E402
 class SampleConfig(SamplingOptions):
     """The options of `python -m lit_gpt_char.sample` (SamplingOptions' and these)."""
 
-    ckpt: str = option("???", "a .ckpt file, a training run directory (its best checkpoint) or an export directory")
+    ckpt: str = option(
+        "???",
+        "a .ckpt file, a training run directory (its best checkpoint), an export directory, or latest "
+        "(the best checkpoint of the run under log_dir that saved one last)",
+    )
+    log_dir: str | None = option(
+        None, "where ckpt=latest looks: the train command's paths.log_dir; null: $LIT_GPT_CHAR_LOG_DIR, else outputs"
+    )
     prompt: str = option("\n", "the text to continue")
     prompt_file: str | None = option(None, "read the prompt from this UTF-8 file instead (must not be empty)")
     on_unknown: str = option(
@@ -40,6 +48,9 @@ class SampleConfig(SamplingOptions):
     )
     compile: bool = option(False, "torch.compile the forward: for GPUs (on a CPU: ~40 s compiling, no gain)")
     stream: bool | None = option(None, "print characters as they come; null: when stdout is a terminal")
+    progress: bool | None = option(
+        None, "a progress bar on stderr; null: when not streaming, stderr is a terminal and it takes over 1 s"
+    )
     out: str | None = option(None, "also write the samples to this file")
 
 
@@ -68,22 +79,41 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def progress_bar(cfg: SampleConfig, stream: bool) -> tqdm:
+    """Characters written so far, on stderr: for text going to a file or a pipe, where nothing else shows
+    progress; never beside text streaming to the terminal. Unasked, it appears only after 1 s."""
+    show = (not stream and sys.stderr.isatty()) if cfg.progress is None else cfg.progress
+    return tqdm(
+        total=cfg.max_new_tokens * cfg.num_samples,
+        unit="char",
+        file=sys.stderr,
+        disable=not show,
+        delay=1.0 if cfg.progress is None else 0.0,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
 def sample(raw: DictConfig | SampleConfig) -> list[str]:
     """Generate cfg.num_samples texts; return them (prompt included)."""
     cfg = options(raw, SampleConfig)
     if cfg.out:
         check_output_file(cfg.out, "out")
     prompt = read_prompt(cfg)
-    gen = load_generator(cfg.ckpt, device=cfg.device, precision=cfg.precision, compile=cfg.compile)
+    loaded = load_any(cfg.ckpt, log_dir=cfg.log_dir)
+    gen = load_generator(loaded, device=cfg.device, precision=cfg.precision, compile=cfg.compile)
     prompt_ids = gen.encode_prompt(prompt, cfg.on_unknown)
     prompt = gen.tokenizer.decode(prompt_ids)
     log(
         f"model: {gen.num_params / 1e6:.2f}M parameters, block size {gen.model.config.block_size}, "
-        f"vocabulary {gen.tokenizer.vocab_size}, on {gen.device} ({gen.precision})"
+        f"vocabulary {gen.tokenizer.vocab_size}, on {gen.device} ({gen.precision}), from {loaded.source}"
     )
-    # Text is written as it is generated; `stream` flushes every character (a terminal watching).
-    # Into a pipe it is buffered, and a reader that goes away (`... | head`) ends the run quietly.
+    # Into a file or a pipe, text is written as it is generated (buffered: a reader that goes away,
+    # `... | head`, ends the run quietly); `stream` flushes every character for a terminal watching.
+    # On a terminal without stream, each sample appears whole, where the progress bar was.
     stream = sys.stdout.isatty() if cfg.stream is None else cfg.stream
+    live = stream or not sys.stdout.isatty()
+    bar = progress_bar(cfg, stream)
     samples, first_char_at, n_chars, gen_time = [], None, 0, 0.0
     for i in range(cfg.num_samples):
         if reader_gone(cfg):
@@ -92,7 +122,8 @@ def sample(raw: DictConfig | SampleConfig) -> list[str]:
             print(f"{'=' * 20} sample {i + 1}/{cfg.num_samples} {'=' * 20}", flush=stream)
         seed = None if cfg.seed is None else (cfg.seed + i) % 2**64
         pieces = [prompt]
-        sys.stdout.write(prompt)
+        if live:
+            sys.stdout.write(prompt)
         t0 = time.perf_counter()
         for ch in gen.stream(
             prompt,
@@ -107,15 +138,21 @@ def sample(raw: DictConfig | SampleConfig) -> list[str]:
             if first_char_at is None:
                 first_char_at = time.perf_counter() - START
             pieces.append(ch)
-            sys.stdout.write(ch)
+            bar.update()
+            if live:
+                sys.stdout.write(ch)
             if stream:
                 sys.stdout.flush()
             if reader_gone(cfg):
                 break
         gen_time += time.perf_counter() - t0
         n_chars += len(pieces) - 1
-        samples.append("".join(pieces))
-        print(flush=True)
+        text = "".join(pieces)
+        samples.append(text)
+        if not live:
+            bar.clear()  # the text goes where the bar is when both are on a terminal
+        print("" if live else text, flush=True)
+    bar.close()
     if cfg.out:
         sep = "\n" + "=" * 50 + "\n"
         atomic_write_text(Path(cfg.out), sep.join(samples))
@@ -128,7 +165,17 @@ def sample(raw: DictConfig | SampleConfig) -> list[str]:
     return samples
 
 
-main = run("sample", sample)
+def usage() -> str:
+    """`lit-gpt-char sample --help`: this command's options, from SampleConfig."""
+    return help_text(
+        "lit-gpt-char sample: write text with a trained model (text to stdout, diagnostics to stderr).",
+        "lit-gpt-char sample ckpt=PATH|latest [key=value ...]   (or python -m lit_gpt_char.sample ...)",
+        [("", SampleConfig)],
+        notes=["Quote a value with spaces for the shell and for Hydra: \"prompt='Wherefore art thou'\"."],
+    )
+
+
+main = run("sample", sample, help=usage)
 
 if __name__ == "__main__":
     main()

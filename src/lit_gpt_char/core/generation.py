@@ -476,10 +476,15 @@ class TextGenerator:
 
 
 def load_generator(
-    path: str | Path | Loaded, device: str = "auto", precision: str = "auto", compile: bool = False
+    path: str | Path | Loaded,
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
+    log_dir: str | Path | None = None,
 ) -> TextGenerator:
-    """A TextGenerator from a .ckpt, a run directory, or an export directory (model.pt + tokenizer.json)."""
-    loaded = path if isinstance(path, Loaded) else load_any(path)
+    """A TextGenerator from a .ckpt, a run directory, an export directory (model.safetensors or model.pt,
+    tokenizer.json, config.json), or `latest`: the run under log_dir that saved a checkpoint last."""
+    loaded = path if isinstance(path, Loaded) else load_any(path, log_dir=log_dir)
     dev = pick_device(device)
     precision = resolve_precision(precision, dev)
     gen = TextGenerator(loaded.build(), loaded.tokenizer, dev, PRECISIONS[precision], int8=precision == "int8")

@@ -9,6 +9,7 @@ is still running or has failed, and nothing imports torch or lightning.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,22 @@ def _wall_time(info: dict, scalars: dict[str, Series]) -> float | None:
         return end - started if end is not None else None
     first_event = min((s.wall_times[0] for s in scalars.values() if s.wall_times), default=None)
     return last_event - first_event if first_event is not None and last_event is not None else None
+
+
+_FLOAT = re.compile(r"(?<![\w.])[+-]?(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?(?![\w.])")
+
+
+def readable(value: str, digits: int = 3) -> str:
+    """An override's value as a person reads it: each decimal number with more than `digits` significant
+    digits rounded to that many (lr=0.0027656442847589758 -> 0.00277, [0.912345,0.95] -> [0.912,0.95]);
+    integers, words and short numbers as given. summary.csv keeps the exact values."""
+
+    def short(m: re.Match) -> str:
+        text = m.group()
+        significant = re.split("[eE]", text)[0].lstrip("+-").replace(".", "").lstrip("0").rstrip("0")
+        return f"{float(text):.{digits}g}" if len(significant) > digits else text
+
+    return _FLOAT.sub(short, value)
 
 
 def differing_keys(jobs: Sequence[JobSummary]) -> list[str]:

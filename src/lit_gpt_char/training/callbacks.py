@@ -30,6 +30,7 @@ from lit_gpt_char.core.generation import generate
 from lit_gpt_char.errors import TrainingDiverged, UserError
 from lit_gpt_char.options import Options, build, option
 from lit_gpt_char.results import plots
+from lit_gpt_char.training.loggers import log_images, log_text
 from lit_gpt_char.training.module import LitGPT
 
 
@@ -219,7 +220,7 @@ class GenerateSamples(L.Callback):
     """Every `every_n_steps` optimizer steps and at the end of training, write some text.
 
     Seeing the text go from noise to Shakespeare is the quickest sanity check there is. The
-    sample is printed on rank 0 and logged to TensorBoard as text. It uses its own seeded
+    sample is printed on rank 0 and logged as text to every active logger (training.loggers). It uses its own seeded
     generator and restores train mode, so it never changes what training does next.
     With weight averaging on (callbacks.ema), it samples from the averaged weights, as validation
     and the checkpoints do. Options: GenerateSamplesConfig's.
@@ -272,11 +273,7 @@ class GenerateSamples(L.Callback):
             model.train(was_training)
         text = prompt + tok.decode(out[0, idx.shape[1] :])
         Console().print(Panel(Text(text), title=f"sample at step {trainer.global_step}", expand=False))
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                # Indent by 4 spaces so TensorBoard's markdown shows it verbatim, line breaks kept.
-                md = "\n".join("    " + line for line in text.split("\n"))
-                logger.experiment.add_text("samples", md, global_step=trainer.global_step)
+        log_text(trainer.loggers, "samples", text, trainer.global_step)  # to every active logger
         return text
 
 
@@ -319,4 +316,6 @@ class PlotCurves(L.Callback):
             rank_zero_warn("PlotCurves draws from TensorBoard events: add logger=tensorboard (or many) to get plots")
             return []
         tb.experiment.flush()
-        return plots.draw_run(plots.read_scalars(tb.log_dir), self.out_dir, self.smoothing)
+        written = plots.draw_run(plots.read_scalars(tb.log_dir), self.out_dir, self.smoothing)
+        log_images(trainer.loggers, written, trainer.global_step)  # to every active logger
+        return written

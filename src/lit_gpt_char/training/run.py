@@ -37,6 +37,7 @@ from lit_gpt_char.training.callbacks import PlotCurves, SaveOnInterrupt
 from lit_gpt_char.training.config import PathsConfig, TrainConfig, TrainerConfig
 from lit_gpt_char.training.data import DataConfig, TextDataModule
 from lit_gpt_char.training.distributed import best_model_score, check_launch, choose_main_port, effective_batch
+from lit_gpt_char.training.loggers import LogHyperparams
 from lit_gpt_char.training.module import LitGPT, ModelConfig, gpt_config
 from lit_gpt_char.training.optim import OptimConfig
 from lit_gpt_char.training.rundir import RunLock
@@ -157,6 +158,20 @@ class Plan:
     resume: Resume | None
     datamodule: TextDataModule
     vocab: list[str]
+
+
+def hyperparameters_of(s: Settings) -> dict[str, Any]:
+    """What a run's loggers compare runs by: the model, optimizer and data options, the length of the
+    training and the seed."""
+    t = s.trainer
+    trainer = {k: getattr(t, k) for k in ("max_steps", "precision", "accumulate_grad_batches", "gradient_clip_val")}
+    return {
+        "model": s.model.to_dict(),
+        "optim": s.optim.to_dict(),
+        "data": s.data.to_dict(),
+        "trainer": trainer,
+        "seed": s.run.seed,
+    }
 
 
 def monitor_val_sample(callbacks: list, datamodule: TextDataModule) -> None:
@@ -285,6 +300,8 @@ def train(cfg: DictConfig, plan: Plan) -> float | None:
             tb = resume is not None and c._target_.endswith("TensorBoardLogger")
             purge = {"purge_step": resume.checkpoint["global_step"]} if tb else {}
             loggers.append(instantiate(c, f"logger.{name}", **purge))
+    if loggers:  # the hyperparameters, with the best val loss as their metric, to every logger at the end
+        callbacks.append(LogHyperparams(hyperparameters_of(settings)))
     choose_main_port(cfg.trainer)
     trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 

@@ -1,0 +1,192 @@
+"""Export: model.safetensors + config.json + tokenizer.json that load back to the same logits; old
+model.pt exports still load; the target is checked before any work; and files that do not match
+themselves (config.json against the weights, a checkpoint's model_config against its own) are one
+`error:` line naming the file and the tensor."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_cli, run_main
+from safetensors.torch import load_file
+
+from lit_gpt_char import export as export_cli
+from lit_gpt_char import sample
+from lit_gpt_char.core.checkpoint import export, load_any, load_checkpoint, resolve_checkpoint
+from lit_gpt_char.core.generation import load_generator
+
+FILES = {"model.safetensors", "config.json", "tokenizer.json"}
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory) -> Path:
+    return export(trained_run, tmp_path_factory.mktemp("export") / "model")
+
+
+def logits(loaded, idx: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return loaded.build()(idx)[0]
+
+
+def test_round_trip_gives_the_same_logits(trained_run, exported):
+    assert {p.name for p in exported.iterdir()} == FILES
+    # The tied head is stored once, and the file is plain safetensors any tool reads.
+    tensors = load_file(exported / "model.safetensors")
+    assert "wte.weight" in tensors and "lm_head.weight" not in tensors
+    ckpt, back = load_checkpoint(trained_run), load_any(exported)
+    assert back.config == ckpt.config and back.tokenizer == ckpt.tokenizer
+    idx = torch.randint(0, ckpt.config.vocab_size, (3, ckpt.config.block_size))
+    assert (logits(ckpt, idx) - logits(back, idx)).abs().max() <= 1e-6
+    # The seed-format tokenizer and a config.json of the model's sizes only.
+    assert set(json.loads((exported / "tokenizer.json").read_text())) == {"char_to_integer", "integer_to_char", "unit"}
+    assert json.loads((exported / "config.json").read_text()) == ckpt.config.to_dict()
+    # What people read of the model travels too: its step and val loss.
+    assert back.facts()["step"] == ckpt.info["step"] > 0
+    assert back.facts()["val_loss"] == pytest.approx(ckpt.info["val_loss"])
+    assert back.facts()["params"] == load_generator(exported, device="cpu").num_params
+
+
+def test_old_model_pt_exports_still_load(trained_run, exported, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    ckpt = load_checkpoint(trained_run)
+    torch.save(ckpt.state_dict, old / "model.pt")
+    shutil.copy(exported / "tokenizer.json", old)
+    shutil.copy(exported / "config.json", old)
+    idx = torch.randint(0, ckpt.config.vocab_size, (2, 9))
+    assert (logits(ckpt, idx) - logits(load_any(old), idx)).abs().max() <= 1e-6
+    a = load_generator(old, device="cpu", precision="32").generate("the king", max_new_tokens=30, seed=4)
+    assert a == load_generator(exported, device="cpu", precision="32").generate("the king", max_new_tokens=30, seed=4)
+
+
+def test_sample_reads_an_export_and_its_weights_file(exported, capsys):
+    for ckpt in (exported, exported / "model.safetensors"):
+        assert run_main(sample.main, f"ckpt={ckpt}", "prompt='the king'", "max_new_tokens=20", "precision=32") == 0
+        out = capsys.readouterr().out
+        assert out.startswith("the king") and len(out) == len("the king") + 20 + 1
+
+
+# --- the target is checked before any work -------------------------------------------------------------------
+def test_an_existing_export_is_replaced_only_with_force(trained_run, exported, tmp_path, capsys):
+    target = tmp_path / "target"
+    shutil.copytree(exported, target)
+    (target / "model.pt").write_bytes(b"an older export's weights")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    assert run_main(export_cli.main, str(trained_run), str(target)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out_dir=") and "already holds" in err and "--force" in err
+    assert len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # nothing touched
+    assert run_main(export_cli.main, str(trained_run), str(target), "--force") == 0
+    assert {p.name for p in target.iterdir()} == FILES  # the stale model.pt is gone: one model per directory
+    new, want = load_file(target / "model.safetensors"), load_file(exported / "model.safetensors")
+    assert new.keys() == want.keys() and all(torch.equal(new[k], want[k]) for k in want)
+
+
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A directory this process cannot create files in: a read-only one, or (as root, who may write
+    anywhere chmod forbids) /sys."""
+    if os.geteuid() != 0:
+        d = tmp_path / "read_only"
+        d.mkdir()
+        d.chmod(0o500)
+        return d
+    try:
+        probe = Path("/sys/lit-gpt-char-probe")
+        probe.mkdir()
+        probe.rmdir()
+    except OSError:
+        return Path("/sys")
+    pytest.skip("no directory here refuses root")
+
+
+@pytest.mark.parametrize("where", ["read-only", "file", "under a file"])
+def test_a_target_that_cannot_be_written_is_refused_before_loading(where, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint")  # loading it would fail: the target's error must come first
+    (tmp_path / "a_file").write_text("x")
+    target = {
+        "read-only": lambda: unwritable_dir(tmp_path) / "out",
+        "file": lambda: tmp_path / "a_file",
+        "under a file": lambda: tmp_path / "a_file" / "out",
+    }[where]()
+    assert run_main(export_cli.main, str(corrupt), str(target)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: out_dir={target}") and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_export_cli(trained_run, tmp_path):
+    r = run_cli("export", str(trained_run), str(tmp_path / "m"))
+    assert r.returncode == 0 and r.stdout.strip() == f"exported to {tmp_path / 'm'}", r.stderr
+    again = run_cli("export", str(trained_run), str(tmp_path / "m"))
+    assert again.returncode == 2 and again.stderr.startswith("error: out_dir=") and again.stdout == ""
+
+
+# --- files that do not match themselves ----------------------------------------------------------------------
+def edit_json(path: Path, change) -> None:
+    path.write_text(change(json.loads(path.read_text())) if callable(change) else change)
+
+
+BAD_EXPORTS = [
+    ("not json", "{n_layer: 2", "config.json is not valid JSON"),
+    ("a list", "[2, 2, 32]", "must be a JSON object of model options"),
+    ("extra key", lambda c: json.dumps({**c, "n_experts": 8}), "unknown option(s) model.n_experts"),
+    ("bad value", lambda c: json.dumps({**c, "n_layer": 0}), "model.n_layer=0: must be"),
+    ("wider", lambda c: json.dumps({**c, "n_embd": 64}), "tensor wte.weight has shape ["),
+    ("deeper", lambda c: json.dumps({**c, "n_layer": 3}), "missing ['blocks.2."),
+    ("longer context", lambda c: json.dumps({**c, "block_size": 64}), "tensor wpe.weight has shape [32, 32] but"),
+    ("more characters", lambda c: json.dumps({**c, "vocab_size": 20}), "characters but"),
+]
+
+
+@pytest.mark.parametrize("what, change, message", BAD_EXPORTS, ids=[b[0] for b in BAD_EXPORTS])
+def test_bad_config_json_is_one_error_line(what, change, message, exported, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(exported, bad)
+    edit_json(bad / "config.json", change)
+    assert run_main(sample.main, f"ckpt={bad}", "max_new_tokens=5") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert "config.json" in err or "tokenizer" in err  # names the file to fix
+
+
+def test_a_damaged_safetensors_file_is_one_error_line(exported, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(exported, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert run_main(sample.main, f"ckpt={bad}") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read {bad / 'model.safetensors'}") and "Traceback" not in err, err
+
+
+BAD_CHECKPOINTS = [
+    ("deeper", lambda c: c["model_config"].update(n_layer=3), "missing ['blocks.2."),
+    ("wider", lambda c: c["model_config"].update(n_embd=64, n_head=2), "tensor wte.weight has shape ["),
+    ("longer", lambda c: c["model_config"].update(block_size=48), "tensor wpe.weight has shape [32, 32] but"),
+    ("not a mapping", lambda c: c.update(model_config=[2, 32]), "must be a mapping of options"),
+    ("extra key", lambda c: c["model_config"].update(rope=True), "unknown option(s) model.rope"),
+]
+
+
+@pytest.mark.parametrize("what, change, message", BAD_CHECKPOINTS, ids=[b[0] for b in BAD_CHECKPOINTS])
+def test_checkpoint_config_against_its_own_weights(what, change, message, trained_run, tmp_path, capsys):
+    ckpt = torch.load(resolve_checkpoint(trained_run), weights_only=True)
+    change(ckpt)
+    path = tmp_path / "edited.ckpt"
+    torch.save(ckpt, path)
+    for main, args in ((sample.main, [f"ckpt={path}"]), (export_cli.main, [str(path), str(tmp_path / "out")])):
+        assert run_main(main, *args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}") and "Traceback" not in err, err
+        assert message in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing half-written
