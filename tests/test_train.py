@@ -1,5 +1,6 @@
 """End-to-end: the real CLI in subprocesses, as a user runs it."""
 
+import hashlib
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import torch
 from helpers import REPO, TINY, run_cli, scalars
 
 from lit_gpt_char.core.tokenizer import CharTokenizer
+from lit_gpt_char.results import plots
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +49,21 @@ def test_train_end_to_end(tmp_path, corpus):
     assert len(val) == 3
     assert val[-1][1] < 0.5 * math.log(tok.vocab_size), val  # well below a uniform guess
     assert "val/bpc" in s and "train/tokens_per_s" in s
+    assert [step for step, _ in s["train/split_loss"]] == [step for step, _ in val]
     assert any(k.startswith("lr") for k in s)
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == sorted(plots.PLOT_FILES)
+    assert ckpt["corpus"] == {
+        "path": str(corpus.resolve()),
+        "name": corpus.name,
+        "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest(),
+        "train_fraction": 0.9,
+        "length": len(corpus.read_text()),
+        "splits": {"train": [0, 18_000], "val": [18_000, 20_000]},
+    }
+    # Progress where no terminal watches: train.log, and stdout (a pipe here).
+    log = (run_dir / "train.log").read_text()
+    for line in ("step 100/150 | loss", "validation at step 50 | val/loss", "validation at step 150 | val/loss"):
+        assert line in log and line in r.stdout, line
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "completed" and status["params"] == sum(

@@ -52,12 +52,14 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 @dataclass
 class Loaded:
-    """A model's config, tokenizer and weights (state dict keys as in `GPT`)."""
+    """A model's config, tokenizer and weights (state dict keys as in `GPT`); `corpus`: what a
+    training checkpoint records of the corpus it was trained on (None for exports and older files)."""
 
     config: GPTConfig
     tokenizer: CharTokenizer
     state_dict: dict[str, torch.Tensor]
     source: Path
+    corpus: dict[str, Any] | None = None
 
     def build(self) -> GPT:
         model = GPT(self.config)
@@ -149,7 +151,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: the tokenizer has {tokenizer.vocab_size} characters but the model was built for "
             f"{config.vocab_size}: the checkpoint was edited or mixed up"
         )
-    return Loaded(config, tokenizer, _strip(ckpt["state_dict"]), path)
+    corpus = ckpt.get("corpus")
+    return Loaded(config, tokenizer, _strip(ckpt["state_dict"]), path, corpus if isinstance(corpus, dict) else None)
 
 
 def load_exported(

@@ -5,13 +5,16 @@ default), builds the character tokenizer, splits the ids 90/10 like nanoGPT, and
 
 - training batches of random windows drawn by a seeded generator (one per rank), cut from one
   tensor by indexing, with the generator state saved in checkpoints for exact resume;
-- validation over the WHOLE val split in consecutive non-overlapping windows, sharded across
-  ranks without padding, so the val loss is the true per-character loss of the split.
+- validation over the WHOLE val split in consecutive non-overlapping windows (core.evaluation's,
+  the ones `python -m lit_gpt_char.evaluate` scores), shared out across ranks and padded with
+  masked windows so every rank runs as many batches: the val loss is the true per-character
+  loss of the split;
+- beside it, a fixed seeded sample of training windows scored the same way, so the train-split
+  and val losses at each validation carry the same kind of noise (`train/split_loss`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -26,13 +29,14 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_gpt_char.core.evaluation import DATA_DIR_ENV, Windows, consecutive_windows, random_windows, sha256_of
 from lit_gpt_char.core.model import GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.options import Options, build, option
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-DATA_DIR_ENV = "LIT_GPT_CHAR_DATA_DIR"
+TRAIN_SAMPLE_SEED = 2**32  # added to the run's seed: the train-split sample's own stream, apart from any rank's
 
 
 @dataclass
@@ -58,19 +62,17 @@ class DataConfig(Options):
     val_batch_size: int | None = option(None, "windows per validation batch; null: batch_size", ge=1, le=1 << 20)
     val_max_batches: int | None = option(None, "score only the first N val batches; null: the whole split", ge=1)
     train_fraction: float = option(0.9, "the first fraction of the text trains, the rest validates", gt=0, lt=1)
+    train_sample_chars: int | None = option(
+        None,
+        "characters of the fixed, seeded sample of training windows scored at each validation "
+        "(logged as train/split_loss); null: as many as validation scores; 0: none",
+        ge=0,
+    )
 
 
 def default_data_dir() -> str:
     """Where corpora are kept unless paths.data_dir says otherwise: $LIT_GPT_CHAR_DATA_DIR, else ./data."""
     return os.environ.get(DATA_DIR_ENV) or "data"
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download(url: str, dest: Path, timeout: float = 30.0) -> None:
@@ -201,12 +203,14 @@ class RandomWindows:
             self._starts()
 
 
-class ValWindows:
-    """Validation batches: the split cut into consecutive windows of block_size targets.
+class ValWindows(Windows):
+    """Validation batches: the split cut into consecutive windows of block_size targets
+    (core.evaluation.consecutive_windows, as `evaluate` cuts them).
 
     Window i covers targets [i*T+1, (i+1)*T] of the split; the last one may be shorter, so
     every target of the split is scored exactly once. With several ranks, rank r takes windows
-    r, r+W, r+2W, ... (no padding, no duplicates).
+    r, r+W, r+2W, ..., padded with a masked window where it has one fewer, so that every rank
+    runs the same number of batches. max_batches: only the first max_batches * batch_size windows.
     """
 
     def __init__(
@@ -218,34 +222,10 @@ class ValWindows:
         rank: int = 0,
         world_size: int = 1,
     ):
-        self.data, self.block_size, self.batch_size = data, block_size, batch_size
-        n_targets = len(data) - 1
-        starts = list(range(0, n_targets, block_size))
+        windows = consecutive_windows(len(data) - 1, block_size)
         if max_batches is not None:
-            starts = starts[: max_batches * batch_size]
-        self.starts = starts[rank::world_size]
-
-    @property
-    def num_targets(self) -> int:
-        n = len(self.data) - 1
-        return sum(min(self.block_size, n - s) for s in self.starts)
-
-    def _batches(self) -> list[list[int]]:
-        n = len(self.data) - 1
-        full = [s for s in self.starts if s + self.block_size <= n]
-        tail = [s for s in self.starts if s + self.block_size > n]
-        groups = [full[i : i + self.batch_size] for i in range(0, len(full), self.batch_size)]
-        return groups + [[s] for s in tail]
-
-    def __len__(self) -> int:
-        return len(self._batches())
-
-    def __iter__(self) -> Iterator[Batch]:
-        for group in self._batches():
-            t = min(self.block_size, len(self.data) - 1 - group[0])
-            idx = torch.tensor(group)[:, None] + torch.arange(t + 1)
-            w = self.data[idx].long()
-            yield w[:, :-1], w[:, 1:]
+            windows = windows[: max_batches * batch_size]
+        super().__init__(data, windows, block_size, batch_size, rank, world_size)
 
 
 class TextDataModule(L.LightningDataModule):
@@ -272,6 +252,7 @@ class TextDataModule(L.LightningDataModule):
         self.data_dir = data_dir or default_data_dir()
         self.tokenizer_path = tokenizer_path
         self._corpus: Path | None = None
+        self._sha256: str | None = None
         self._text: str | None = None
         self._tokenizer: CharTokenizer | None = None
         self.train_data: torch.Tensor | None = None
@@ -340,9 +321,39 @@ class TextDataModule(L.LightningDataModule):
             repeat_batches=c.repeat_batches,
         )
 
-    def val_dataloader(self) -> ValWindows:
+    def val_dataloader(self) -> ValWindows | list[Windows]:
+        """The val split; and, unless data.train_sample_chars=0, the fixed sample of training windows
+        (the second loader: the module logs its loss as train/split_loss)."""
         rank, world = self._rank()
         c = self.cfg
-        return ValWindows(
-            self.val_data, self.block_size, c.val_batch_size or c.batch_size, c.val_max_batches, rank, world
-        )
+        batch_size = c.val_batch_size or c.batch_size
+        val = ValWindows(self.val_data, self.block_size, batch_size, c.val_max_batches, rank, world)
+        if c.train_sample_chars == 0:
+            return val
+        if c.train_sample_chars is None:  # as many windows as validation scores: the same noise
+            count = len(ValWindows(self.val_data, self.block_size, batch_size, c.val_max_batches).windows)
+        else:
+            count = -(-c.train_sample_chars // self.block_size)
+        # Every rank draws the same windows (one seed, unlike the training windows) and scores its share.
+        windows = random_windows(len(self.train_data) - 1, self.block_size, count, seed=self.seed + TRAIN_SAMPLE_SEED)
+        return [val, Windows(self.train_data, windows, self.block_size, batch_size, rank, world)]
+
+    def corpus_record(self) -> dict[str, Any] | None:
+        """What a checkpoint records of the corpus (plain values), so that `evaluate` can find and
+        check it and cut the same splits: ids [start, end) of each split. None before setup."""
+        if self.train_data is None or self.val_data is None:
+            return None
+        path = self.corpus_path().resolve()
+        if self._sha256 is None:
+            verified = self.cfg.path is None and self.cfg.sha256  # ensure_corpus checked it
+            self._sha256 = self.cfg.sha256 if verified else sha256_of(path)
+        n_train = len(self.train_data)
+        n = n_train + len(self.val_data)
+        return {
+            "path": str(path),
+            "name": path.name,
+            "sha256": self._sha256,
+            "train_fraction": self.cfg.train_fraction,
+            "length": n,
+            "splits": {"train": [0, n_train], "val": [n_train, n]},
+        }

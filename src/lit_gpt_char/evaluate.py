@@ -1,0 +1,203 @@
+"""Score a trained model on text: `python -m lit_gpt_char.evaluate ckpt=PATH [text=FILE] [stride=N]`.
+
+Loss (nats per character), bits per character, perplexity and the number of characters scored,
+on the checkpoint's own val split by default (the checkpoint records its corpus, sha256 and
+splits) or on any UTF-8 file. A table goes to stderr; stdout gets one JSON line, so
+`... > result.json` keeps only the numbers. Needs only the checkpoint (and the text), no Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from lit_gpt_char.config import options, register, run
+from lit_gpt_char.core.checkpoint import Loaded, load_any
+from lit_gpt_char.core.evaluation import SPLITS, Score, read_text, recorded_split, score
+from lit_gpt_char.core.generation import load_generator
+from lit_gpt_char.errors import UserError
+from lit_gpt_char.options import Options, option
+
+
+@dataclass
+class EvaluateConfig(Options):
+    """The options of `python -m lit_gpt_char.evaluate`."""
+
+    ckpt: str = option("???", "a .ckpt file, a training run directory (its best checkpoint) or an export directory")
+    text: str | None = option(None, "score this UTF-8 file; null: a split of the corpus the checkpoint was trained on")
+    split: str | None = option(
+        None, "with text=null: which split of the checkpoint's corpus to score; null: val", choices=SPLITS
+    )
+    stride: int | None = option(
+        None,
+        "null: consecutive windows of block_size, as training's val/loss; N: sliding windows every N "
+        "characters, every character scored once with at least block_size - N characters of context",
+        ge=1,
+    )
+    precision: str = option(
+        "32",
+        "32 | bf16 (bf16 weights) | int8 (int8 weights, bf16 activations, as sampling on CPUs)",
+        choices=("32", "bf16", "int8"),
+    )
+    batch_size: int = option(32, "windows per forward pass (the result does not depend on it)", ge=1, le=1 << 20)
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    on_unknown: str = option(
+        "error", "characters of text= the model has never seen: error | skip (drop them)", choices=("error", "skip")
+    )
+
+    def check(self) -> None:
+        if self.text is not None and self.split is not None:
+            raise UserError(
+                f"split={self.split} and text={self.text}: give one of them (split scores the checkpoint's own corpus)"
+            )
+
+
+register("evaluate", EvaluateConfig)
+
+
+def log(msg: str = "") -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def text_ids(cfg: EvaluateConfig, loaded: Loaded) -> tuple[Any, dict[str, Any]]:
+    """The ids to score and what they are (for the table and the JSON line)."""
+    tok = loaded.tokenizer
+    if cfg.text is None:
+        split = cfg.split or "val"
+        path, start, end = recorded_split(loaded.corpus, split, loaded.source)
+        ids = tok.encode_tensor(read_text(path, "corpus"))
+        if len(ids) != loaded.corpus.get("length", len(ids)):
+            raise UserError(
+                f"the corpus {path} gives {len(ids)} characters, but ckpt={loaded.source} recorded "
+                f"{loaded.corpus['length']}: it is not the text the model was trained on"
+            )
+        return ids[start:end], {
+            "source": f"the {split} split of {path} (characters {start:,} to {end:,})",
+            "split": split,
+            "text": None,
+            "corpus": str(path),
+            "skipped": 0,
+        }
+    text = read_text(cfg.text, "text")
+    unknown = tok.unknown(text)
+    if unknown and cfg.on_unknown == "error":
+        shown = ", ".join(repr(c) for c in unknown[:20]) + (
+            f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        )
+        raise UserError(
+            f"text={cfg.text}: {len(unknown)} character(s) not in the model's vocabulary: {shown}. "
+            "Pass on_unknown=skip to drop them, or score text the model can read"
+        )
+    kept = "".join(c for c in text if c in tok.stoi) if unknown else text
+    if len(kept) < 2:
+        what = "after dropping unknown characters, " if unknown else ""
+        raise UserError(
+            f"text={cfg.text}: {what}it has {len(kept)} character(s); scoring needs at least 2 "
+            "(the first is only read, every later one is predicted)"
+        )
+    return tok.encode_tensor(kept), {
+        "source": str(Path(cfg.text).expanduser()),
+        "split": None,
+        "text": str(Path(cfg.text).expanduser()),
+        "corpus": None,
+        "skipped": len(text) - len(kept),
+    }
+
+
+def scoring_words(stride: int | None, block_size: int) -> str:
+    if stride is None:
+        return (
+            f"consecutive windows of {block_size} characters, each character with the context of its window "
+            "(0 to {0}): as training's val/loss".format(block_size - 1)
+        )
+    return (
+        f"sliding windows of {block_size} characters every {stride}: every character with at least "
+        f"{block_size - stride} characters of context (fewer only in the first {block_size})"
+    )
+
+
+def evaluate(raw: DictConfig | EvaluateConfig) -> dict[str, Any]:
+    """Score cfg.ckpt on its val split (or cfg.split, or cfg.text); print the table and the JSON line;
+    return the result as a dict."""
+    cfg = options(raw, EvaluateConfig)
+    loaded = load_any(cfg.ckpt)
+    block_size = loaded.config.block_size
+    if cfg.stride is not None and cfg.stride > block_size:
+        raise UserError(
+            f"stride={cfg.stride}: must be in [1, block_size={block_size}] (the model's context), "
+            "or null for consecutive windows"
+        )
+    ids, what = text_ids(cfg, loaded)
+    if len(ids) < 2:
+        raise UserError(f"{what['source']}: has {len(ids)} character(s); scoring needs at least 2")
+    gen = load_generator(loaded, device=cfg.device, precision=cfg.precision)
+    t0 = time.perf_counter()
+    result = _score_with_progress(gen.model, ids, cfg)
+    seconds = time.perf_counter() - t0
+    out = {
+        "loss": result.loss,
+        "bpc": result.bpc,
+        "ppl": result.ppl,
+        "chars": result.chars,
+        "scoring": "consecutive" if cfg.stride is None else "sliding",
+        "stride": cfg.stride,
+        "block_size": block_size,
+        "precision": cfg.precision,
+        "device": str(gen.device),
+        "ckpt": str(loaded.source),
+        **what,
+        "seconds": round(seconds, 3),
+    }
+    _table(out, gen.precision, cfg)
+    try:
+        print(json.dumps(out, ensure_ascii=False), flush=True)
+    except BrokenPipeError:  # `| head -0`: nobody reads stdout; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    return out
+
+
+def _score_with_progress(model: Any, ids: Any, cfg: EvaluateConfig) -> Score:
+    if not sys.stderr.isatty():
+        return score(model, ids, cfg.batch_size, cfg.stride)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("scoring", total=None)
+        return score(
+            model, ids, cfg.batch_size, cfg.stride, lambda done, total: bar.update(task, completed=done, total=total)
+        )
+
+
+def _table(out: dict[str, Any], precision: str, cfg: EvaluateConfig) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="evaluate", title_justify="left", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("checkpoint", out["ckpt"])
+    t.add_row("scored", out["source"])
+    t.add_row("scoring", scoring_words(cfg.stride, out["block_size"]))
+    t.add_row("precision", f"{precision} on {out['device']}")
+    skipped = f" ({out['skipped']:,} unknown characters dropped)" if out["skipped"] else ""
+    t.add_row("characters", f"{out['chars']:,}{skipped}")
+    t.add_row("loss", f"{out['loss']:.4f} nats/character")
+    t.add_row("bits per character", f"{out['bpc']:.4f}")
+    t.add_row("perplexity", f"{out['ppl']:.3f}")
+    t.add_row("time", f"{out['seconds']:.1f} s ({out['chars'] / max(out['seconds'], 1e-9):,.0f} characters/s)")
+    Console(stderr=True, soft_wrap=False).print(t)
+
+
+main = run("evaluate", evaluate)
+
+if __name__ == "__main__":
+    main()
