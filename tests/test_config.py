@@ -12,7 +12,7 @@ import torch
 from helpers import compose_config, compose_train, run_main
 from omegaconf import OmegaConf
 
-from lit_gpt_char import bench, sample, train
+from lit_gpt_char import bench, evaluate, sample, train
 from lit_gpt_char.config import options
 from lit_gpt_char.core.generation import SamplingOptions
 from lit_gpt_char.core.model import GPTConfig
@@ -117,7 +117,7 @@ def test_yaml_restates_no_schema_default():
 
 
 def test_every_option_has_help_and_a_description():
-    for schema in [*SCHEMAS.values(), SamplingOptions, sample.SampleConfig, bench.BenchConfig]:
+    for schema in [*SCHEMAS.values(), SamplingOptions, sample.SampleConfig, bench.BenchConfig, evaluate.EvaluateConfig]:
         hints = __import__("typing").get_type_hints(schema)
         for f in dataclasses.fields(schema):
             if f.name.startswith("_") or f.name in (

@@ -100,6 +100,12 @@ def test_val_loss_against_minutes_starts_at_the_runs_first_point(tmp_path, monke
     assert lines["x:val loss"] == pytest.approx([1.0, 2.5]) and lines["val loss"] == [2.0, 1.5]
 
 
+def test_tokens_per_s_drops_the_repeats_older_runs_logged(tmp_path, monkeypatch):
+    tokens = plots.Series([49, 50, 51, 99, 100, 149], [900.0, 900.0, 900.0, 700.0, 700.0, 800.0], [0.0] * 6)
+    lines = drawn_lines(monkeypatch, lambda: plots.draw_tokens_per_s(tokens, tmp_path / "x.png"))
+    assert lines["x:tokens/s (50-step windows)"] == [49, 99, 149] and "mean 800" in lines
+
+
 @pytest.mark.parametrize("case", ["no tensorboard dir", "no train points", "bad smoothing"])
 def test_plot_errors_name_the_problem(tmp_path, capsys, case):
     args = [str(tmp_path)]

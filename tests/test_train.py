@@ -48,7 +48,8 @@ def test_train_end_to_end(tmp_path, corpus):
     val = s["val/loss"]
     assert len(val) == 3
     assert val[-1][1] < 0.5 * math.log(tok.vocab_size), val  # well below a uniform guess
-    assert "val/bpc" in s and "train/tokens_per_s" in s
+    assert "val/bpc" in s
+    assert [step for step, _ in s["train/tokens_per_s"]] == [49, 99, 149]  # one point per 50 steps, no repeats
     assert [step for step, _ in s["train/split_loss"]] == [step for step, _ in val]
     assert any(k.startswith("lr") for k in s)
     assert sorted(p.name for p in (run_dir / "plots").iterdir()) == sorted(plots.PLOT_FILES)

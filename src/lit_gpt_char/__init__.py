@@ -2,11 +2,11 @@
 
 Layers, each importing only those above it:
   options.py, errors.py   typed options (default, type, range, help once) and user errors
-  core/                   no Lightning: tokenizer, model, ops, generation, checkpoint files
+  core/                   no Lightning: tokenizer, model, ops, generation, evaluation, checkpoint files
   training/               Lightning: data, optimizer, LightningModule, callbacks, distributed, run
   results/                no torch: run status, plots, sweep summaries
   config.py               Hydra glue: schemas in the ConfigStore, one-line config errors
-  train.py sample.py bench.py export.py plot.py report.py   thin entry points (python -m ...)
+  train.py sample.py evaluate.py bench.py export.py plot.py report.py   thin entry points (python -m ...)
 Data flows one way: corpus -> tokenizer -> windows -> module -> checkpoint -> generator.
 """
 

@@ -9,6 +9,7 @@ splits) or on any UTF-8 file. A table goes to stderr; stdout gets one JSON line,
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -38,7 +39,7 @@ class EvaluateConfig(Options):
     stride: int | None = option(
         None,
         "null: consecutive windows of block_size, as training's val/loss; N: sliding windows every N "
-        "characters, every character scored once with at least block_size - N characters of context",
+        "characters, every character scored once with at least block_size - N + 1 characters of context",
         ge=1,
     )
     precision: str = option(
@@ -112,21 +113,30 @@ def text_ids(cfg: EvaluateConfig, loaded: Loaded) -> tuple[Any, dict[str, Any]]:
 
 
 def scoring_words(stride: int | None, block_size: int) -> str:
+    """Which scoring, in words: a target predicted from the i characters before it has context i."""
     if stride is None:
         return (
             f"consecutive windows of {block_size} characters, each character with the context of its window "
-            "(0 to {0}): as training's val/loss".format(block_size - 1)
+            f"(1 to {block_size} characters): as training's val/loss"
         )
     return (
         f"sliding windows of {block_size} characters every {stride}: every character with at least "
-        f"{block_size - stride} characters of context (fewer only in the first {block_size})"
+        f"{block_size - stride + 1} characters of context (fewer only in the first {block_size})"
     )
 
 
 def evaluate(raw: DictConfig | EvaluateConfig) -> dict[str, Any]:
     """Score cfg.ckpt on its val split (or cfg.split, or cfg.text); print the table and the JSON line;
-    return the result as a dict."""
+    return the result as a dict. Ctrl-C: one line and exit status 130, no traceback."""
     cfg = options(raw, EvaluateConfig)
+    try:
+        return _evaluate(cfg)
+    except KeyboardInterrupt:
+        log("interrupted: nothing was scored")
+        sys.exit(130)
+
+
+def _evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     loaded = load_any(cfg.ckpt)
     block_size = loaded.config.block_size
     if cfg.stride is not None and cfg.stride > block_size:
@@ -156,8 +166,9 @@ def evaluate(raw: DictConfig | EvaluateConfig) -> dict[str, Any]:
         "seconds": round(seconds, 3),
     }
     _table(out, gen.precision, cfg)
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
     try:
-        print(json.dumps(out, ensure_ascii=False), flush=True)
+        print(json.dumps(finite, ensure_ascii=False), flush=True)  # strict JSON: a diverged model's NaN is null
     except BrokenPipeError:  # `| head -0`: nobody reads stdout; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
@@ -183,7 +194,7 @@ def _table(out: dict[str, Any], precision: str, cfg: EvaluateConfig) -> None:
 
     t = Table(title="evaluate", title_justify="left", show_header=False)
     t.add_column(style="bold")
-    t.add_column()
+    t.add_column(overflow="fold")  # paths whole, never cut with an ellipsis
     t.add_row("checkpoint", out["ckpt"])
     t.add_row("scored", out["source"])
     t.add_row("scoring", scoring_words(cfg.stride, out["block_size"]))

@@ -5,12 +5,13 @@ model sees at most block_size ids at a time, so the targets are scored in window
 two ways:
 
 - consecutive (`consecutive_windows`): windows at 0, T, 2T, ... (T = block_size), none overlapping,
-  the last one shorter. Each character is scored once, with the context its window gives it (0
-  to T - 1 characters). This is training's `val/loss` (training.data.ValWindows is built on it)
+  the last one shorter. Each character is scored once, with the context its window gives it (1
+  to T characters). This is training's `val/loss` (training.data.ValWindows is built on it)
   and the number the README's results quote.
 - sliding (`sliding_windows`, stride S): full windows every S characters, each scoring only the
-  targets no earlier window scored. Each character is scored once, with at least T - S characters
-  of context (fewer only within the text's first T): a model that uses its context scores lower.
+  targets no earlier window scored. Each character is scored once, with at least T - S + 1
+  characters of context (fewer only within the text's first T): lower, for a model that uses its
+  context (a model that got worse late in its context could score higher).
 
 `Windows` turns a list of windows into batches, shared out across ranks and padded so that every
 rank runs the same number of batches of the same shape (a collective inside the forward, as

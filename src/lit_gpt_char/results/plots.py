@@ -165,6 +165,10 @@ def draw_lr(rates: Mapping[str, Series], path: Path) -> Path:
 
 
 def draw_tokens_per_s(tokens: Series, path: Path) -> Path:
+    """One point per 50-step window. (Runs from before the value went straight to the loggers wrote
+    it again at every step until the next window's: those repeats are dropped.)"""
+    kept = [(s, v) for i, (s, v) in enumerate(zip(tokens.steps, tokens.values)) if i == 0 or v != tokens.values[i - 1]]
+    tokens = Series([s for s, _ in kept], [v for _, v in kept], [])
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(tokens.steps, tokens.values, color="tab:purple", marker=".", lw=1.4, label="tokens/s (50-step windows)")
     finite = [v for v in tokens.values if math.isfinite(v)]

@@ -128,7 +128,12 @@ class LitGPT(L.LightningModule):
         if self._t_last is None:
             self._t_last, self._tokens = now, 0
         elif self.trainer.global_step % TOKENS_EVERY == 0:
-            self.log("train/tokens_per_s", self._tokens / (now - self._t_last), on_step=True, on_epoch=False)
+            # Straight to the loggers: Lightning would write a self.log value of this hook again at every
+            # later step, and the curve would be a staircase of stale values. Logged at the step of the
+            # batch that just ran, as its train/loss.
+            rate = {"train/tokens_per_s": self._tokens / (now - self._t_last)}
+            for logger in self.loggers:
+                logger.log_metrics(rate, step=self.global_step - 1)
             self._t_last, self._tokens = now, 0
 
     def on_validation_epoch_start(self) -> None:
