@@ -215,6 +215,8 @@ BAD_TRAIN = [
     ("data.val_max_batches=1.5", "data.val_max_batches=1.5: must be null or an integer >= 1"),
     ("data.val_batch_size=0", "data.val_batch_size=0"),
     ("data.train_fraction=1", "data.train_fraction=1"),
+    ("data.train_sample_chars=-1", "data.train_sample_chars=-1: must be null or an integer >= 0"),
+    ("callbacks.progress_log.every_n_steps=0", "callbacks.progress_log.every_n_steps=0: must be an integer >= 1"),
     ("trainer.val_check_interval=0", "trainer.val_check_interval=0: must be an integer >= 1"),
     ("trainer.max_steps=0", "trainer.max_steps=0"),
     ("trainer.max_steps=abc", "trainer.max_steps=abc: must be an integer >= -1"),

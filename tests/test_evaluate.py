@@ -218,6 +218,16 @@ def test_bad_input_is_one_error_line(args, message, bad, trained_run, tmp_path, 
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
 
 
+def test_running_out_of_memory_says_to_lower_the_batch_size(trained_run, monkeypatch, capsys):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(evaluate, "score", no_memory)
+    assert run_main(evaluate.main, f"ckpt={trained_run}", "batch_size=100000") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: batch_size=100000: out of memory on cpu") and len(err.splitlines()) == 1
+
+
 def test_old_checkpoints_and_exports_still_score_a_text_file(bad, corpus, tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text(corpus.read_text()[:500])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from lit_gpt_char.config import options, register, run
@@ -149,7 +150,14 @@ def _evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         raise UserError(f"{what['source']}: has {len(ids)} character(s); scoring needs at least 2")
     gen = load_generator(loaded, device=cfg.device, precision=cfg.precision)
     t0 = time.perf_counter()
-    result = _score_with_progress(gen.model, ids, cfg)
+    try:
+        result = _score_with_progress(gen.model, ids, cfg)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "memory" not in str(e):
+            raise
+        raise UserError(
+            f"batch_size={cfg.batch_size}: out of memory on {gen.device}: use a smaller batch_size"
+        ) from None
     seconds = time.perf_counter() - t0
     out = {
         "loss": result.loss,
