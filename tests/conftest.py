@@ -24,14 +24,17 @@ def real_corpus() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, corpus) -> Path:
-    """A run directory of a tiny model trained for a few steps, shared by the sampling tests."""
+    """A run directory of a tiny model trained until it uses its context (so sliding windows score
+    it lower than consecutive ones), shared by the sampling and evaluation tests."""
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     r = run_cli(
         "train",
         *TINY,
+        "model.n_embd=64",
+        "model.n_head=4",
         f"data.path={corpus}",
-        "trainer.max_steps=60",
-        "trainer.val_check_interval=30",
+        "trainer.max_steps=200",
+        "trainer.val_check_interval=100",
         f"hydra.run.dir={run_dir}",
     )
     assert r.returncode == 0, r.stderr[-3000:]

@@ -87,8 +87,12 @@ def popen_train(*args: str) -> subprocess.Popen:
 
 def run_main(main: Callable[[], object], *args: str) -> int:
     """Run an entry point's main() in this process as `prog args...`; its exit status."""
+    import logging
+
     GlobalHydra.instance().clear()
     argv, sys.argv = sys.argv, ["prog", *args]
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         main()
         return 0
@@ -97,6 +101,11 @@ def run_main(main: Callable[[], object], *args: str) -> int:
     finally:
         sys.argv = argv
         GlobalHydra.instance().clear()
+        for h in root.handlers[:]:  # Hydra configured logging for this run: leave none of it to the next
+            if h not in handlers:
+                root.removeHandler(h)
+                h.close()
+        root.setLevel(level)
 
 
 def compose_config(name: str, overrides: list[str], tmp_path: Path | None = None) -> DictConfig:
@@ -138,8 +147,10 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def fake_run(run_dir: Path, n_steps: int = 50, val_every: int | None = None) -> Path:
-    """A run directory with the events a training run logs: train/loss every step, val/loss sometimes."""
+def fake_run(run_dir: Path, n_steps: int = 50, val_every: int | None = None, old: bool = False) -> Path:
+    """A run directory with the events a training run logs: train/loss, the learning rate and tokens/s
+    every step, val/loss and train/split_loss every val_every steps. old=True: only the train/loss and
+    val/loss of a run from before the other tags."""
     import math
 
     from torch.utils.tensorboard import SummaryWriter
@@ -147,8 +158,13 @@ def fake_run(run_dir: Path, n_steps: int = 50, val_every: int | None = None) -> 
     with SummaryWriter(str(run_dir / "tensorboard")) as w:
         for step in range(n_steps):
             w.add_scalar("train/loss", 4.0 * math.exp(-step / 20) + 1.0 + 0.05 * (-1) ** step, step)
+            if not old:
+                w.add_scalar("lr-AdamW/pg1", 1e-3 * min(1.0, (step + 1) / 10), step)
+                w.add_scalar("train/tokens_per_s", 20_000.0 + 100 * (-1) ** step, step)
             if val_every and (step + 1) % val_every == 0:
                 w.add_scalar("val/loss", 4.0 * math.exp(-step / 25) + 1.2, step)
+                if not old:
+                    w.add_scalar("train/split_loss", 4.0 * math.exp(-step / 25) + 1.1, step)
     return run_dir
 
 

@@ -12,7 +12,7 @@ import torch
 from helpers import compose_config, compose_train, require, run_main
 from omegaconf import OmegaConf
 
-from lit_gpt_char import bench, sample, serve, train
+from lit_gpt_char import bench, evaluate, sample, serve, train
 from lit_gpt_char.config import options
 from lit_gpt_char.core.generation import SamplingOptions
 from lit_gpt_char.core.model import GPTConfig
@@ -120,7 +120,8 @@ def test_yaml_restates_no_schema_default():
 
 
 def test_every_option_has_help_and_a_description():
-    for schema in [*SCHEMAS.values(), SamplingOptions, sample.SampleConfig, bench.BenchConfig, serve.ServeConfig]:
+    schemas = [SamplingOptions, sample.SampleConfig, bench.BenchConfig, serve.ServeConfig, evaluate.EvaluateConfig]
+    for schema in [*SCHEMAS.values(), *schemas]:
         hints = __import__("typing").get_type_hints(schema)
         for f in dataclasses.fields(schema):
             if f.name.startswith("_") or f.name in (
@@ -218,6 +219,8 @@ BAD_TRAIN = [
     ("data.val_max_batches=1.5", "data.val_max_batches=1.5: must be null or an integer >= 1"),
     ("data.val_batch_size=0", "data.val_batch_size=0"),
     ("data.train_fraction=1", "data.train_fraction=1"),
+    ("data.train_sample_chars=-1", "data.train_sample_chars=-1: must be null or an integer >= 0"),
+    ("callbacks.progress_log.every_n_steps=0", "callbacks.progress_log.every_n_steps=0: must be an integer >= 1"),
     ("trainer.val_check_interval=0", "trainer.val_check_interval=0: must be an integer >= 1"),
     ("trainer.max_steps=0", "trainer.max_steps=0"),
     ("trainer.max_steps=abc", "trainer.max_steps=abc: must be an integer >= -1"),

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from lit_gpt_char.core.evaluation import IGNORE
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.training.data import DataConfig, RandomWindows, TextDataModule, ValWindows, ensure_corpus
 
@@ -59,21 +60,48 @@ def test_other_ranks_resume_their_own_stream_from_rank_zeros_state(repeat):
     assert all(torch.equal(e, resumed.draw()[0]) for e in expected)
 
 
-@pytest.mark.parametrize("n, block, world", [(1000, 64, 1), (1000, 64, 3), (129, 64, 2), (65, 64, 1)])
-def test_val_windows_score_every_target_exactly_once(n, block, world):
+@pytest.mark.parametrize(
+    "n, block, world", [(1000, 64, 1), (1000, 64, 3), (1000, 64, 5), (129, 64, 2), (65, 64, 1), (40, 64, 2)]
+)
+def test_val_windows_score_every_target_once_and_every_rank_runs_as_many_batches(n, block, world):
     data = torch.arange(n, dtype=torch.int32)
-    seen = []
+    seen, shapes = [], []
     for rank in range(world):
-        for x, y in ValWindows(data, block, batch_size=4, rank=rank, world_size=world):
-            assert torch.equal(y, x + 1)
-            seen += y.flatten().tolist()
+        vw = ValWindows(data, block, batch_size=4, rank=rank, world_size=world)
+        shapes.append([tuple(x.shape) for x, _ in vw])
+        scored = 0
+        for x, y in vw:
+            real = y != IGNORE  # the rest is padding: a short last window, or a rank's missing window
+            assert torch.equal(y[real], x[real] + 1)
+            seen += y[real].tolist()
+            scored += int(real.sum())
+        assert scored == vw.num_targets
     assert sorted(seen) == list(range(1, n))
+    assert all(s == shapes[0] for s in shapes), shapes  # a collective per forward (FSDP) cannot desync
 
 
 def test_val_max_batches_caps_windows():
     data = torch.arange(10_000)
     vw = ValWindows(data, 10, batch_size=4, max_batches=3)
     assert len(vw) == 3 and vw.num_targets == 120
+
+
+def test_the_train_split_sample_is_fixed_seeded_and_as_large_as_validation(corpus):
+    def loaders(seed: int, **data) -> list:
+        dm = TextDataModule({"path": str(corpus), "batch_size": 8, **data}, block_size=32, seed=seed)
+        dm.setup("fit")
+        return dm.val_dataloader()
+
+    val, sample = loaders(1)
+    x, y = next(iter(sample))
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert len(sample.windows) == len(val.windows) and sample.num_targets == 32 * len(val.windows)
+    assert torch.equal(sample.windows, loaders(1)[1].windows)  # the same windows at every validation
+    assert not torch.equal(sample.windows, loaders(2)[1].windows)
+    assert len(loaders(1, train_sample_chars=100)[1].windows) == 4  # ceil(100 / 32)
+    assert isinstance(loaders(1, train_sample_chars=0), ValWindows)  # off: the val split only
+    capped = loaders(1, val_max_batches=2)
+    assert len(capped[0]) == len(capped[1]) == 2
 
 
 def test_checksum_mismatch_names_file_and_fix(tmp_path):

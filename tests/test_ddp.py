@@ -20,6 +20,7 @@ from helpers import TINY, compose_hydra, compose_train, run_cli
 from omegaconf import OmegaConf
 from torch.multiprocessing.spawn import ProcessExitedException
 
+from lit_gpt_char.core.evaluation import Windows, loss_sum
 from lit_gpt_char.training import distributed
 from lit_gpt_char.training.data import TextDataModule, ValWindows
 from lit_gpt_char.training.distributed import (
@@ -215,13 +216,13 @@ def fit(corpus: Path, root: Path, devices: int, batch_size: int, strategy: str) 
     return trainer, model
 
 
-def val_loss(model: LitGPT, val: ValWindows) -> float:
+def val_loss(model: LitGPT, val: Windows) -> float:
     total, count = 0.0, 0
     model.eval()
     with torch.no_grad():
         for x, y in val:
-            total += model(x, y)[1].item() * y.numel()
-            count += y.numel()
+            s, c = loss_sum(model(x)[0], y)
+            total, count = total + s.item(), count + c.item()
     return total / count
 
 
@@ -242,6 +243,60 @@ def test_ddp_spawn_validates_whole_split_and_matches_one_process(corpus, tmp_pat
     assert two_loss == pytest.approx(whole, abs=1e-4)
     half = val_loss(model, ValWindows(dm.val_data, BLOCK, 64, rank=0, world_size=2))
     assert abs(half - whole) > 1e-4  # so the check above could tell one shard from both
+
+
+class RecordValBatches(L.Callback):
+    """Each rank saves the shape of every validation batch it ran, per loader."""
+
+    def __init__(self, out: Path):
+        self.out, self.shapes = out, {}
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.shapes.setdefault(dataloader_idx, []).append(tuple(batch[0].shape))
+
+    def on_validation_end(self, trainer, pl_module):
+        torch.save(self.shapes, self.out / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_every_rank_runs_as_many_validation_batches_and_the_loss_stays_exact(corpus, tmp_path, spawn):
+    """The val split (1,999 targets: 62 windows of 32 and one of 15) does not divide between 2 ranks:
+    the rank with a window fewer runs a masked one, so both run the same batches (a collective per
+    forward, as under FSDP, would otherwise hang), and val/loss is still the whole split's per character."""
+    data = {"path": str(corpus), "batch_size": 4}
+
+    def validate() -> L.Trainer:
+        out = fresh_dir(tmp_path / "ranks")
+        L.seed_everything(0)
+        dm = TextDataModule(data, block_size=BLOCK, seed=0)
+        model = LitGPT(dm.tokenizer.chars, {"block_size": BLOCK, "n_layer": 1, "n_head": 2, "n_embd": 16})
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=2,
+            strategy="ddp_spawn",
+            precision="32-true",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[RecordValBatches(out)],
+            default_root_dir=out,
+        )
+        trainer.validate(model, datamodule=dm)
+        return trainer
+
+    trainer = spawn(validate)
+    shapes = [torch.load(tmp_path / "ranks" / f"rank{r}.pt") for r in (0, 1)]
+    assert shapes[0] == shapes[1] and len(shapes[0][0]) == len(shapes[0][1]) == 8  # 32 windows each, 4 a batch
+
+    # The same numbers from one process, with rank 0's (the seeded) weights.
+    L.seed_everything(0)
+    dm = TextDataModule(data, block_size=BLOCK, seed=0)
+    dm.setup("fit")
+    model = LitGPT(dm.tokenizer.chars, {"block_size": BLOCK, "n_layer": 1, "n_head": 2, "n_embd": 16})
+    val, sample = dm.val_dataloader()
+    assert len(val.windows) % 2 == 1 and val.num_targets == len(dm.val_data) - 1
+    assert float(trainer.callback_metrics["val/loss"]) == pytest.approx(val_loss(model, val), rel=1e-6)
+    assert float(trainer.callback_metrics["train/split_loss"]) == pytest.approx(val_loss(model, sample), rel=1e-6)
 
 
 # --- trainer=ddp from the CLI ---------------------------------------------------------------------------------

@@ -139,9 +139,9 @@ BAD_EXPORTS = [
     ("a list", "[2, 2, 32]", "must be a JSON object of model options"),
     ("extra key", lambda c: json.dumps({**c, "n_experts": 8}), "unknown option(s) model.n_experts"),
     ("bad value", lambda c: json.dumps({**c, "n_layer": 0}), "model.n_layer=0: must be"),
-    ("wider", lambda c: json.dumps({**c, "n_embd": 64}), "tensor wte.weight has shape ["),
+    ("wider", lambda c: json.dumps({**c, "n_embd": 96}), "tensor wte.weight has shape ["),
     ("deeper", lambda c: json.dumps({**c, "n_layer": 3}), "missing ['blocks.2."),
-    ("longer context", lambda c: json.dumps({**c, "block_size": 64}), "tensor wpe.weight has shape [32, 32] but"),
+    ("longer context", lambda c: json.dumps({**c, "block_size": 64}), "tensor wpe.weight has shape [32, 64] but"),
     ("more characters", lambda c: json.dumps({**c, "vocab_size": 20}), "characters but"),
 ]
 
@@ -170,8 +170,8 @@ def test_a_damaged_safetensors_file_is_one_error_line(exported, tmp_path, capsys
 
 BAD_CHECKPOINTS = [
     ("deeper", lambda c: c["model_config"].update(n_layer=3), "missing ['blocks.2."),
-    ("wider", lambda c: c["model_config"].update(n_embd=64, n_head=2), "tensor wte.weight has shape ["),
-    ("longer", lambda c: c["model_config"].update(block_size=48), "tensor wpe.weight has shape [32, 32] but"),
+    ("wider", lambda c: c["model_config"].update(n_embd=96, n_head=2), "tensor wte.weight has shape ["),
+    ("longer", lambda c: c["model_config"].update(block_size=48), "tensor wpe.weight has shape [32, 64] but"),
     ("not a mapping", lambda c: c.update(model_config=[2, 32]), "must be a mapping of options"),
     ("extra key", lambda c: c["model_config"].update(rope=True), "unknown option(s) model.rope"),
 ]

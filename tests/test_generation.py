@@ -197,7 +197,9 @@ def test_python_api_and_export_round_trip(trained_run, tmp_path):
     (out / "config.json").unlink()  # sizes from the weights' shapes, n_head given
     from lit_gpt_char.core.checkpoint import load_exported
 
-    loaded = load_exported(out / "model.safetensors", out / "tokenizer.json", n_head=2)
+    loaded = load_exported(
+        out / "model.safetensors", out / "tokenizer.json", n_head=load_checkpoint(trained_run).config.n_head
+    )
     assert load_generator(loaded, device="cpu").generate("the king", max_new_tokens=40, seed=3) == text
 
 

@@ -25,6 +25,7 @@ def loaded_after(statement: str) -> set[str]:
     [
         ("import lit_gpt_char.sample", {"lightning", "lightning_fabric", "pytorch_lightning"}),
         ("import lit_gpt_char.serve, lit_gpt_char.playground", {"lightning", "lightning_fabric", "pytorch_lightning"}),
+        ("import lit_gpt_char.evaluate", {"lightning", "lightning_fabric", "pytorch_lightning"}),
         ("from lit_gpt_char import load_generator; load_generator", {"lightning", "lightning_fabric", "hydra"}),
         (
             "import lit_gpt_char.core.model, lit_gpt_char.core.generation, lit_gpt_char.core.checkpoint",

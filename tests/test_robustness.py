@@ -70,7 +70,7 @@ def test_int8_without_the_kernel_samples_in_bf16_with_a_notice(trained_run, monk
     "change, message",
     [
         ("model.n_layer=3", "model.n_layer=3 (the checkpoint's: 2)"),
-        ("model.n_embd=48", "model.n_embd=48 (the checkpoint's: 32)"),
+        ("model.n_embd=48", "model.n_embd=48 (the checkpoint's: 64)"),
         ("data.path={other}", "vocabulary of"),
     ],
 )

@@ -113,7 +113,7 @@ def test_the_page_streams_text_in_a_real_browser(server, browser, trained_run, t
     facts = wait_for(
         lambda: "parameters" in browser.find_element("id", "facts").text and browser.find_element("id", "facts").text
     )
-    assert "step 60" in facts and "val loss" in facts and "2 layers × 32" in facts, facts
+    assert "step 200" in facts and "val loss" in facts and "2 layers × 64" in facts, facts
     assert browser.find_element("id", "temperature").get_attribute("value") == "0.8"  # SamplingOptions' defaults
 
     fill(browser, prompt="the king", max_new_tokens=1500, seed=7, top_k=20)
@@ -205,7 +205,7 @@ def test_bad_requests_get_a_400_and_one_line(body, message, server):
 def test_info_and_a_plain_request(server, trained_run):
     with urllib.request.urlopen(f"{server}/info", timeout=30) as r:
         info = json.loads(r.read())
-    assert info["facts"]["step"] == 60 and info["facts"]["block_size"] == 32 and info["max_chars"] == 10_000
+    assert info["facts"]["step"] == 200 and info["facts"]["block_size"] == 32 and info["max_chars"] == 10_000
     assert info["facts"]["params"] == load_generator(trained_run, device="cpu").num_params
     status, text = post(server, json.dumps({"prompt": "the king", "max_new_tokens": 50, "seed": 3}).encode())
     assert status == 200 and text == reference(trained_run, "the king", max_new_tokens=50, seed=3)

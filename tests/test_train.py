@@ -1,5 +1,6 @@
 """End-to-end: the real CLI in subprocesses, as a user runs it."""
 
+import hashlib
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import torch
 from helpers import REPO, TINY, run_cli, scalars
 
 from lit_gpt_char.core.tokenizer import CharTokenizer
+from lit_gpt_char.results import plots
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +48,25 @@ def test_train_end_to_end(tmp_path, corpus):
     val = s["val/loss"]
     assert len(val) == 3
     assert val[-1][1] < 0.5 * math.log(tok.vocab_size), val  # well below a uniform guess
-    assert "val/bpc" in s and "train/tokens_per_s" in s
+    assert "val/bpc" in s
+    assert [step for step, _ in s["train/tokens_per_s"]] == [49, 99, 149]  # one point per 50 steps, no repeats
+    assert [step for step, _ in s["train/split_loss"]] == [step for step, _ in val]
     assert any(k.startswith("lr") for k in s)
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == sorted(plots.PLOT_FILES)
+    record = ckpt["TextDataModule"]  # what evaluate finds the corpus and its splits by
+    assert {k: v for k, v in record.items() if k != "data"} == {
+        "corpus": corpus.name,
+        "file": str(corpus.resolve()),
+        "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest(),
+        "unit": "char",
+        "tokens": len(corpus.read_text()),
+        "splits": {"train": 18_000, "val": 2_000, "test": 0},
+    }
+    assert record["data"]["path"] == str(corpus.resolve()) and record["data"]["train_fraction"] == 0.9
+    # Progress where no terminal watches: train.log, and stdout (a pipe here).
+    log = (run_dir / "train.log").read_text()
+    for line in ("step 100/150 | loss", "validation at step 50 | val/loss", "validation at step 150 | val/loss"):
+        assert line in log and line in r.stdout, line
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "completed" and status["params"] == sum(

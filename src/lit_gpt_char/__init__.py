@@ -2,12 +2,13 @@
 
 Layers, each importing only those above it:
   options.py, errors.py   typed options (default, type, range, help once) and user errors
-  core/                   no Lightning: tokenizer, token files, model, ops, generation, checkpoint files
+  core/                   no Lightning: tokenizer, token files, model, ops, generation, evaluation,
+                          checkpoint files
   training/               Lightning: data, optimizer, LightningModule, callbacks, distributed, run
   results/                no torch: run status, plots, sweep summaries
   config.py               Hydra glue: schemas in the ConfigStore, one-line config errors
-  train.py sample.py serve.py bench.py export.py plot.py report.py   thin entry points (python -m ...;
-                          cli.py: `lit-gpt-char <command>` for all of them)
+  train.py sample.py evaluate.py serve.py bench.py export.py plot.py report.py   thin entry points
+                          (python -m ...; cli.py: `lit-gpt-char <command>` for all of them)
 Data flows one way: corpus -> token file -> windows -> module -> checkpoint -> generator.
 """
 

@@ -1,7 +1,9 @@
-"""Redraw a run's loss plots: `python -m lit_gpt_char.plot RUN_DIR`.
+"""Redraw a run's plots: `python -m lit_gpt_char.plot RUN_DIR`.
 
-Reads RUN_DIR/tensorboard and writes RUN_DIR/plots/{train_loss,val_loss,train_step_loss}.png,
-for a finished run, one that crashed, or one still running.
+Reads RUN_DIR/tensorboard and writes into RUN_DIR/plots/ what training's end-of-fit callback
+draws (results.plots.PLOT_FILES: train_loss, val_loss, train_step_loss, lr, tokens_per_s,
+val_loss_time), for a finished run, one that crashed, or one still running; a run without some
+tags gets the others and a note.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from lit_gpt_char.results import plots
 
 @user_errors
 def plot(run_dir: Path, out_dir: Path | None = None, smoothing: float = plots.SMOOTHING) -> list[Path]:
-    """Draw what the run's events allow; a run without val points yet gets no val_loss.png."""
+    """Draw what the run's events allow; say on stderr which plots they do not (e.g. no val points yet)."""
     tb_dir = run_dir / "tensorboard"
     if not tb_dir.is_dir():
         raise UserError(
@@ -35,11 +37,8 @@ def plot(run_dir: Path, out_dir: Path | None = None, smoothing: float = plots.SM
         raise UserError(
             f"--out={out_dir}: cannot be written ({e.strerror or e}): pass --out DIR to write elsewhere"
         ) from None
-    if not scalars.get(plots.VAL):
-        print(
-            f"note: no {plots.VAL} points in {tb_dir} yet (no validation has run): val_loss.png not drawn",
-            file=sys.stderr,
-        )
+    for name, why in plots.skipped(scalars).items():
+        print(f"note: {name} not drawn: {why} in {tb_dir}", file=sys.stderr)
     return written
 
 

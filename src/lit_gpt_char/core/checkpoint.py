@@ -28,6 +28,7 @@ from typing import IO, Any
 
 import torch
 
+from lit_gpt_char.core.corpus import corpus_meta_of
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError
@@ -84,7 +85,9 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> None:
 class Loaded:
     """A model's config, tokenizer and weights (state dict keys as in `GPT`), checked to fit together.
 
-    info: what is known of the weights' training (step, val_loss), for people to read."""
+    info: what is known of the weights' training (step, val_loss), for people to read; corpus: what a
+    training checkpoint records of the corpus it was trained on (core.corpus.Corpus.meta; None for
+    exports and older files)."""
 
     config: GPTConfig
     tokenizer: CharTokenizer
@@ -92,6 +95,7 @@ class Loaded:
     source: Path
     config_source: str = "its model config"  # where the config came from, as errors name it
     info: dict[str, Any] = field(default_factory=dict)
+    corpus: dict[str, Any] | None = None
 
     def check(self) -> Loaded:
         """Every tensor the config asks for, of the shape it asks for, and no other: else a UserError
@@ -304,7 +308,13 @@ def load_checkpoint(
             f"{config.vocab_size}: the checkpoint was edited or mixed up"
         )
     return Loaded(
-        config, tokenizer, _strip(ckpt["state_dict"]), path, "its model_config", checkpoint_info(ckpt)
+        config,
+        tokenizer,
+        _strip(ckpt["state_dict"]),
+        path,
+        "its model_config",
+        checkpoint_info(ckpt),
+        corpus_meta_of(ckpt),
     ).check()
 
 

@@ -1,7 +1,16 @@
-"""Loss curves from a run's TensorBoard event files, drawn as PNGs with matplotlib (Agg).
+"""A run's curves from its TensorBoard event files, drawn as PNGs with matplotlib (Agg).
 
 The event files are the one record every run keeps (finished, crashed or still running), so
 the end-of-fit callback, `python -m lit_gpt_char.plot` and the sweep report all draw from them.
+The tags a run logs (training.module, Lightning's LearningRateMonitor):
+
+    train/loss          the loss of each training batch, every step (dropout on, if any)
+    train/split_loss    at each validation: a fixed sample of training windows, scored in eval mode
+    val/loss, val/bpc   at each validation: the whole val split, per character (nats, bits)
+    train/tokens_per_s  training throughput over the last 50 steps
+    lr-<Optimizer>/pgN  the learning rate of each parameter group, every step
+
+A run from before a tag existed gets the plots its tags allow (`skipped` says which not, and why).
 """
 
 from __future__ import annotations
@@ -16,8 +25,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed, safe in worker processes
 import matplotlib.pyplot as plt
 
-TRAIN, VAL = "train/loss", "val/loss"
-PLOT_FILES = ("train_loss.png", "val_loss.png", "train_step_loss.png")
+TRAIN, VAL, SPLIT, TOKENS, LR = "train/loss", "val/loss", "train/split_loss", "train/tokens_per_s", "lr-"
+PLOT_FILES = (
+    "train_loss.png",  # train-split and val loss at each validation: the generalisation gap
+    "val_loss.png",  # val loss, best starred, over the smoothed batch loss
+    "train_step_loss.png",  # the batch loss at every step, raw and smoothed
+    "lr.png",  # learning rate per step
+    "tokens_per_s.png",  # throughput
+    "val_loss_time.png",  # val loss against wall-clock minutes
+)
 SMOOTHING = 0.9  # EMA weight of the smoothed lines, TensorBoard's slider
 
 
@@ -83,9 +99,9 @@ def _mark_best(ax: plt.Axes, series: Series, color: str = "tab:red") -> None:
     ax.plot([step], [value], marker="*", ms=14, color=color, ls="none", label=f"best val {value:.4f} @ step {step}")
 
 
-def _finish(fig: plt.Figure, ax: plt.Axes, title: str, ylabel: str, path: Path) -> Path:
+def _finish(fig: plt.Figure, ax: plt.Axes, title: str, ylabel: str, path: Path, xlabel: str = "step") -> Path:
     ax.set_title(title)
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
@@ -96,11 +112,22 @@ def _finish(fig: plt.Figure, ax: plt.Axes, title: str, ylabel: str, path: Path) 
     return path
 
 
-def draw_train_loss(train: Series, path: Path, smoothing: float = SMOOTHING) -> Path:
+def draw_train_loss(split: Series, val: Series | None, path: Path) -> Path:
+    """The train-split loss (a fixed sample of training windows, scored in eval mode) and the val
+    loss at each validation: both estimated the same way, so the gap between them is the
+    generalisation gap, not dropout or batch noise."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(train.steps, train.values, color="tab:blue", alpha=0.25, lw=0.8, label="train loss (raw)")
-    ax.plot(train.steps, ema(train.values, smoothing), color="tab:blue", lw=1.8, label=f"train loss (EMA {smoothing})")
-    return _finish(fig, ax, "Training loss", "cross-entropy (nats/char)", path)
+    ax.plot(split.steps, split.values, color="tab:blue", marker="o", ms=4, lw=1.8, label="train split (fixed sample)")
+    if val is not None and val.steps:
+        ax.plot(val.steps, val.values, color="tab:orange", marker="o", ms=4, lw=1.8, label="val split (whole)")
+        at = dict(zip(split.steps, split.values))
+        both = [(s, at[s], v) for s, v in zip(val.steps, val.values) if s in at]
+        if both:
+            steps, lo, hi = zip(*both)
+            ax.fill_between(steps, lo, hi, color="tab:red", alpha=0.12, lw=0)
+            s, t, v = both[-1]
+            ax.plot([], [], color="tab:red", alpha=0.3, lw=6, label=f"gap {v - t:+.4f} at step {s}")
+    return _finish(fig, ax, "Train-split and val loss at each validation", "cross-entropy (nats/char)", path)
 
 
 def draw_val_loss(val: Series, path: Path, train: Series | None = None, smoothing: float = SMOOTHING) -> Path:
@@ -120,32 +147,100 @@ def draw_val_loss(val: Series, path: Path, train: Series | None = None, smoothin
 
 
 def draw_train_step_loss(train: Series, path: Path, smoothing: float = SMOOTHING) -> Path:
-    """The change in training loss per step: below 0 while the model is still learning."""
-    steps, deltas = [], []
-    for i in range(1, len(train.steps)):
-        gap = train.steps[i] - train.steps[i - 1]
-        if gap > 0:
-            steps.append(train.steps[i])
-            deltas.append((train.values[i] - train.values[i - 1]) / gap)
+    """The loss of every training batch (raw: noisy, with dropout if the model has any) and its EMA."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.axhline(0.0, color="black", lw=0.8)
-    ax.plot(steps, deltas, color="tab:green", alpha=0.25, lw=0.8, label="change per step (raw)")
-    ax.plot(steps, ema(deltas, smoothing), color="tab:green", lw=1.8, label=f"change per step (EMA {smoothing})")
-    _clip_ylim(ax, deltas)
-    return _finish(fig, ax, "Change in training loss per step", "Δ train loss per step (nats/char)", path)
+    ax.plot(train.steps, train.values, color="tab:blue", alpha=0.25, lw=0.8, label="batch loss (raw)")
+    ax.plot(train.steps, ema(train.values, smoothing), color="tab:blue", lw=1.8, label=f"batch loss (EMA {smoothing})")
+    _clip_ylim(ax, train.values, lo_q=0.0, hi_q=0.995)
+    return _finish(fig, ax, "Training batch loss, every step", "cross-entropy (nats/char)", path)
+
+
+def draw_lr(rates: Mapping[str, Series], path: Path) -> Path:
+    """The learning rate of each parameter group (warmup, then the schedule)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (tag, series) in enumerate(sorted(rates.items())):
+        ax.plot(series.steps, series.values, lw=1.8 if i == 0 else 1.2, ls="-" if i == 0 else "--", label=tag)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    return _finish(fig, ax, "Learning rate", "learning rate", path)
+
+
+def draw_tokens_per_s(tokens: Series, path: Path) -> Path:
+    """One point per 50-step window. (Runs from before the value went straight to the loggers wrote
+    it again at every step until the next window's: those repeats are dropped.)"""
+    kept = [(s, v) for i, (s, v) in enumerate(zip(tokens.steps, tokens.values)) if i == 0 or v != tokens.values[i - 1]]
+    tokens = Series([s for s, _ in kept], [v for _, v in kept], [])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(tokens.steps, tokens.values, color="tab:purple", marker=".", lw=1.4, label="tokens/s (50-step windows)")
+    finite = [v for v in tokens.values if math.isfinite(v)]
+    if finite:
+        mean = sum(finite) / len(finite)
+        ax.axhline(mean, color="tab:purple", lw=0.8, ls=":", label=f"mean {mean:,.0f}")
+    ax.set_ylim(bottom=0)
+    return _finish(fig, ax, "Training throughput", "tokens/s (all processes)", path)
+
+
+def draw_val_loss_time(val: Series, path: Path, start: float) -> Path:
+    """Val loss against wall-clock minutes since the run's first logged point (validation time and,
+    for a resumed run, the time it was stopped included)."""
+    minutes = [(t - start) / 60 for t in val.wall_times]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(minutes, val.values, color="tab:orange", marker="o", ms=4, lw=1.8, label="val loss")
+    best = val.best()
+    if best is not None:
+        i = val.steps.index(best[0])
+        ax.plot(
+            [minutes[i]],
+            [best[1]],
+            marker="*",
+            ms=14,
+            color="tab:red",
+            ls="none",
+            label=f"best val {best[1]:.4f} after {minutes[i]:.1f} min",
+        )
+    ax.set_xlim(left=0)
+    return _finish(fig, ax, "Validation loss against wall-clock time", "cross-entropy (nats/char)", path, "minutes")
+
+
+def _rates(scalars: Mapping[str, Series]) -> dict[str, Series]:
+    return {tag: s for tag, s in scalars.items() if tag.startswith(LR) and s.steps}
+
+
+def skipped(scalars: Mapping[str, Series]) -> dict[str, str]:
+    """The plots the run's tags do not allow: file name -> why (a run without validation yet, or
+    from before a tag was logged, or with the logging callback removed)."""
+    has = {tag for tag, s in scalars.items() if s.steps}
+    why = {}
+    if TRAIN not in has:
+        why["train_step_loss.png"] = f"no {TRAIN} points"
+    if VAL not in has:
+        for name in ("val_loss.png", "val_loss_time.png"):
+            why[name] = f"no {VAL} points (no validation has run)"
+    if SPLIT not in has:
+        why["train_loss.png"] = (
+            f"no {SPLIT} points (no validation has run, data.train_sample_chars=0, or a run from before it was logged)"
+        )
+    if not _rates(scalars):
+        why["lr.png"] = f"no {LR}* points (the lr_monitor callback logs them)"
+    if TOKENS not in has:
+        why["tokens_per_s.png"] = f"no {TOKENS} points (logged every 50 steps)"
+    return why
 
 
 def draw_run(scalars: Mapping[str, Series], out_dir: str | Path, smoothing: float = SMOOTHING) -> list[Path]:
-    """The run's plots that its scalars allow: val_loss.png needs val points, the others train ones."""
+    """Every plot of PLOT_FILES the run's scalars allow (see `skipped` for the others)."""
     out_dir = Path(out_dir)
-    train, val = scalars.get(TRAIN), scalars.get(VAL)
-    written = []
-    if train is not None and train.steps:
-        written.append(draw_train_loss(train, out_dir / "train_loss.png", smoothing))
-        written.append(draw_train_step_loss(train, out_dir / "train_step_loss.png", smoothing))
-    if val is not None and val.steps:
-        written.append(draw_val_loss(val, out_dir / "val_loss.png", train, smoothing))
-    return written
+    train, val, split, tokens = (scalars.get(t) for t in (TRAIN, VAL, SPLIT, TOKENS))
+    todo = set(PLOT_FILES) - set(skipped(scalars))
+    start = min((s.wall_times[0] for s in scalars.values() if s.wall_times), default=0.0)
+    draw = {
+        "train_loss.png": lambda p: draw_train_loss(split, val, p),
+        "val_loss.png": lambda p: draw_val_loss(val, p, train, smoothing),
+        "train_step_loss.png": lambda p: draw_train_step_loss(train, p, smoothing),
+        "lr.png": lambda p: draw_lr(_rates(scalars), p),
+        "tokens_per_s.png": lambda p: draw_tokens_per_s(tokens, p),
+        "val_loss_time.png": lambda p: draw_val_loss_time(val, p, start),
+    }
+    return [draw[name](out_dir / name) for name in PLOT_FILES if name in todo]
 
 
 def draw_val_curves(curves: Mapping[str, Series], path: str | Path, title: str = "Validation loss, all jobs") -> Path:

@@ -5,7 +5,7 @@
     data.*      DataConfig        (training.data)
     trainer.*   TrainerConfig     (below: the Lightning Trainer arguments the configs use)
     paths.*     PathsConfig       (below)
-    callbacks.generate_samples.*, callbacks.plot_curves.*   (training.callbacks)
+    callbacks.generate_samples.*, callbacks.plot_curves.*, callbacks.progress_log.*   (training.callbacks)
     seed, ckpt_path, resume, ...  TrainConfig (below: the top-level keys)
 
 conf/train.yaml and its groups select these and override values; the defaults are here.
@@ -20,7 +20,7 @@ from typing import Any
 from lit_gpt_char.config import register
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.options import Options, option
-from lit_gpt_char.training.callbacks import GenerateSamplesConfig, PlotCurvesConfig
+from lit_gpt_char.training.callbacks import GenerateSamplesConfig, PlotCurvesConfig, ProgressLogConfig
 from lit_gpt_char.training.data import DataConfig
 from lit_gpt_char.training.module import ModelConfig
 from lit_gpt_char.training.optim import OptimConfig
@@ -199,6 +199,7 @@ SCHEMAS: dict[str, type] = {
     "paths": PathsConfig,
     "generate_samples": node(GenerateSamplesConfig, "lit_gpt_char.training.callbacks.GenerateSamples"),
     "plot_curves": node(PlotCurvesConfig, "lit_gpt_char.training.callbacks.PlotCurves"),
+    "progress_log": node(ProgressLogConfig, "lit_gpt_char.training.callbacks.ProgressLog"),
 }
 for _name, _schema in SCHEMAS.items():
     register(_name, _schema)

@@ -1,8 +1,13 @@
 """The LightningModule: loss, optimizer, learning-rate schedule, logging, checkpoint contents.
 
 Checkpoints hold plain Python values only: the hyperparameters (including the vocabulary) and,
-beside Lightning's usual entries, ``model_config`` and ``tokenizer`` (the seed's JSON format),
-so ``torch.load(path, weights_only=True)`` works and sampling needs nothing but the file.
+beside Lightning's usual entries, ``model_config``, ``tokenizer`` (the seed's JSON format) and
+``corpus`` (which file, its sha256 and its splits: what `evaluate` scores by default), so
+``torch.load(path, weights_only=True)`` works and sampling needs nothing but the file.
+
+Validation scores the val split and, as a second loader, a fixed sample of training windows
+(training.data): each is summed per character over every rank, and logged as ``val/loss`` (and
+``val/bpc``) and ``train/split_loss``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
+from lit_gpt_char.core.evaluation import loss_sum
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.options import Options, build, option
@@ -26,11 +32,13 @@ from lit_gpt_char.training.optim import OptimConfig, build_optimizer
 
 # The val loss is summed over ranks by hand (per character, see on_validation_epoch_end), so
 # Lightning's advice to log it with sync_dist=True under DDP does not apply.
-warnings.filterwarnings("ignore", message=r".*self\.log\('val(_sample)?/(loss|bpc)', \.\.\., sync_dist=True\)")
+SUMMED_BY_HAND = r"(val(_sample)?/(loss|bpc)|train/split_loss)"
+warnings.filterwarnings("ignore", message=rf".*self\.log\('{SUMMED_BY_HAND}', \.\.\., sync_dist")
 
 FSDP_PREFIX = "_fsdp_wrapped_module."  # what FSDP puts into the names of the modules it wraps
 
 TOKENS_EVERY = 50  # steps per train/tokens_per_s point
+VAL_TAGS = ("val/loss", "train/split_loss")  # the loss of validation loader 0 (the val split), 1 (the train sample)
 
 # model.*: GPTConfig's fields (defaults, types and ranges) less vocab_size, which the corpus decides,
 # plus how training runs the model.
@@ -90,8 +98,7 @@ class LitGPT(L.LightningModule):
         # The compiled wrapper shares the model's parameters but is kept out of the module tree,
         # so state dicts never carry torch.compile's `_orig_mod.` prefix.
         self.__dict__["_compiled"] = torch.compile(self.model) if model.compile else None
-        self._val_sum: torch.Tensor | None = None
-        self._val_count = 0
+        self._val_sums: torch.Tensor | None = None  # per val loader: (sum of losses, characters)
         self._t_last: float | None = None
         self._tokens = 0
 
@@ -124,30 +131,39 @@ class LitGPT(L.LightningModule):
         if self._t_last is None:
             self._t_last, self._tokens = now, 0
         elif self.trainer.global_step % TOKENS_EVERY == 0:
-            self.log("train/tokens_per_s", self._tokens / (now - self._t_last), on_step=True, on_epoch=False)
+            # Straight to the loggers: Lightning would write a self.log value of this hook again at every
+            # later step, and the curve would be a staircase of stale values. Logged at the step of the
+            # batch that just ran, as its train/loss.
+            rate = {"train/tokens_per_s": self._tokens / (now - self._t_last)}
+            for logger in self.loggers:
+                logger.log_metrics(rate, step=self.global_step - 1)
             self._t_last, self._tokens = now, 0
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._val_count = 0
+        self._val_sums = torch.zeros((len(VAL_TAGS), 2), dtype=torch.float64, device=self.device)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         x, y = batch
-        _, loss = self(x, y)
-        # Sum over characters, not a mean of batch means: the last window may be shorter.
-        self._val_sum += loss.double() * y.numel()
-        self._val_count += y.numel()
+        logits, _ = self(x)
+        # Summed per character, not a mean of batch means: windows may be short or padding (masked).
+        total, count = loss_sum(logits, y)
+        self._val_sums[dataloader_idx, 0] += total
+        self._val_sums[dataloader_idx, 1] += count
 
     def on_validation_epoch_end(self) -> None:
-        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
-        count = self.trainer.strategy.reduce(
-            torch.tensor(self._val_count, dtype=torch.float64, device=self.device), reduce_op="sum"
-        )
-        loss = (total / count).float()
+        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")  # one collective for both
         # val_sample/* when this validation scored a sample of a large val split (training/data.py)
-        tag = getattr(self.trainer.datamodule, "val_tag", "val")
-        self.log(f"{tag}/loss", loss, prog_bar=True)
-        self.log(f"{tag}/bpc", loss / math.log(2))
+        val = getattr(self.trainer.datamodule, "val_tag", "val")
+        for i, tag in enumerate(VAL_TAGS):
+            if sums[i, 1] > 0:
+                loss = (sums[i, 0] / sums[i, 1]).float()
+                if i == 0:
+                    self.log(f"{val}/loss", loss, prog_bar=True)
+                    self.log(f"{val}/bpc", loss / math.log(2))
+                else:
+                    self.log(tag, loss)
         self._t_last = None  # validation time is not training throughput
 
     # --- optimizer and schedule -----------------------------------------------------------------
@@ -185,6 +201,7 @@ class LitGPT(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["model_config"] = self.model.config.to_dict()
         checkpoint["tokenizer"] = self.tokenizer.to_dict()
+        # (Which corpus and splits it was trained on, for `evaluate`: the data module's state, Corpus.meta().)
         # Dropout draws from the global generators: saving them makes a resumed run exact. With
         # several ranks, rank 0's state is saved and on_train_start forks it again on resume:
         # reproducible, though not the streams the uninterrupted run would have drawn.
