@@ -108,13 +108,9 @@ def test_every_logger_gets_samples_curves_and_hparams(corpus, tmp_path, wandb_ho
     val = client.get_metric_history(run.info.run_id, "val/loss")
     assert len(val) == 2 and min(m.value for m in val) == pytest.approx(best, abs=1e-4)
     artifacts = {a.path for d in ("samples", "plots") for a in client.list_artifacts(run.info.run_id, d)}
-    assert artifacts == {
-        "samples/step000010.txt",
-        "samples/step000020.txt",
-        "plots/train_loss.png",
-        "plots/val_loss.png",
-        "plots/train_step_loss.png",
-    }
+    drawn = {f"plots/{p.name}" for p in (run_dir / "plots").iterdir()}  # every plot the run drew
+    assert {"plots/train_loss.png", "plots/val_loss.png", "plots/train_step_loss.png"} <= drawn
+    assert artifacts == {"samples/step000010.txt", "samples/step000020.txt"} | drawn
     art = log_dir / "mlartifacts" / run.info.run_id / "artifacts" / "samples"
     texts = {step: (art / f"step{step:06d}.txt").read_text() for step in samples_at}
     assert all(len(t) >= 20 for t in texts.values())  # the prompt and 20 new characters
@@ -125,8 +121,8 @@ def test_every_logger_gets_samples_curves_and_hparams(corpus, tmp_path, wandb_ho
     tables = [json.loads(t.read_text()) for t in media.glob("table/samples_*.table.json")]
     assert all(t["columns"] == ["step", "text"] for t in tables)
     assert {(step, text) for t in tables for step, text in t["data"]} == set(texts.items())  # the same samples
-    assert {p.name.split("_")[0] for p in (media / "images" / "plots").glob("*.png")} == {"train", "val"}
-    assert len(list((media / "images" / "plots").glob("*.png"))) == 3
+    assert {p.name.split("_")[0] for p in (media / "images" / "plots").glob("*.png")} >= {"train", "val"}
+    assert len(list((media / "images" / "plots").glob("*.png"))) == len(drawn)
     records = next(offline.glob("run-*.wandb")).read_bytes()
     for key in (b"model/n_layer", b"optim/lr", loggers.BEST_METRIC.encode(), b"val/loss"):
         assert key in records, key
