@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, TESTS, TINY, clean_env, popen_train, run_cli, run_main, scalars
+from helpers import REPO, TESTS, TINY, clean_env, compose_hydra, popen_train, run_cli, run_main, scalars
 
 from lit_gpt_char import plot, report, sample, train
 from lit_gpt_char.core import checkpoint as ckpt_files
@@ -209,19 +210,18 @@ def test_a_second_run_in_a_live_runs_directory_is_refused(tmp_path, corpus):
         first.communicate(timeout=60)
 
 
-def test_default_run_directories_are_unique_within_a_second(tmp_path):
-    """Two processes started in the same second name two directories (a random suffix)."""
-    code = (
-        f"import sys; sys.path.insert(0, {str(TESTS)!r}); from helpers import compose_hydra; "
-        "print(compose_hydra(['paths.log_dir=L']).hydra.run.dir)"
-    )
-    dirs = {
-        subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=clean_env(), check=True
-        ).stdout.strip()
-        for _ in range(3)
+def test_default_run_directories_are_unique_within_a_second():
+    """Run directories are named by the second they start in plus a random suffix (one per process:
+    the resolver's value is cached, so every access names the same directory)."""
+    run_dir = compose_hydra(["paths.log_dir=L"]).hydra.run.dir
+    assert re.fullmatch(r"L/train/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{4}", run_dir), run_dir
+    assert compose_hydra(["paths.log_dir=L"]).hydra.run.dir == run_dir  # the same within a process
+    code = "from lit_gpt_char.config import run_id; print(run_id())"
+    ids = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(4)
     }
-    assert len(dirs) == 3 and all(d.startswith("L/train/runs/") for d in dirs), dirs
+    assert len(ids) >= 3  # and another in each process (2 random bytes: a repeat is 1 in 65,536)
 
 
 # --- 6. a run directory's best checkpoint is its lowest val loss --------------------------------------------------

@@ -9,6 +9,7 @@ YAML file only selects and overrides. Importing this module registers the resolv
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -275,9 +276,10 @@ def fast_precision(accelerator: str = "auto") -> str:
     return "32-true"
 
 
+@functools.cache
 def run_id() -> str:
     """A short random suffix for run directory names, so two runs started in the same second get
-    two directories (cached: one value per process, so every access names the same directory)."""
+    two directories (one value per process, so every access names the same directory)."""
     return os.urandom(2).hex()
 
 
