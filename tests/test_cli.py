@@ -15,7 +15,7 @@ import pytest
 import tomllib
 from helpers import REPO, clean_env, run_main
 
-from lit_gpt_char import bench, cli, export, sample, train
+from lit_gpt_char import bench, cli, evaluate, export, sample, train
 from lit_gpt_char.core.checkpoint import load_any, resolve_checkpoint
 
 
@@ -33,6 +33,13 @@ def test_sample_help_lists_its_own_options(capsys):
     assert "the text to continue" in flat and "[a number in [0, 10000]]" in flat  # the help and what is allowed
     assert "$LIT_GPT_CHAR_LOG_DIR" in out  # a $ in a help text survives Hydra's template
     assert "trainer" not in out and "optim" not in out and "== Config ==" not in out  # not train's groups
+
+
+def test_evaluate_help_lists_its_own_options(capsys):
+    out = help_of(evaluate.main, capsys)
+    for f in dataclasses.fields(evaluate.EvaluateConfig):
+        assert f"  {f.name}=" in out, f.name
+    assert "[null or one of train, val, test]" in " ".join(out.split()) and "trainer" not in out
 
 
 def test_train_help_lists_every_group_and_its_options(capsys):
@@ -54,7 +61,7 @@ def test_bench_help_lists_its_own_keys(capsys):
 def test_one_command_for_all(capsys):
     assert run_main(lambda: cli.main(["--help"])) == 0
     out = capsys.readouterr().out
-    for name in ("train", "sample", "serve", "export", "plot", "report", "bench"):
+    for name in ("train", "sample", "evaluate", "serve", "export", "plot", "report", "bench"):
         assert f"\n  {name} " in out, name
     assert run_main(lambda: cli.main(["nope"])) == 2
     assert capsys.readouterr().err.startswith("error: unknown command 'nope': the commands are train, sample")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from lit_gpt_char.config import options, register, run
+from lit_gpt_char.config import help_text, options, register, run
 from lit_gpt_char.core.checkpoint import Loaded, load_any
 from lit_gpt_char.core.corpus import DATA_DIR_ENV, SPLITS, split_ids
 from lit_gpt_char.core.evaluation import Score, read_text, score
@@ -249,7 +249,21 @@ def _table(out: dict[str, Any], precision: str, cfg: EvaluateConfig) -> None:
     Console(stderr=True, soft_wrap=False).print(t)
 
 
-main = run("evaluate", evaluate)
+def usage() -> str:
+    """`lit-gpt-char evaluate --help`: this command's options, from EvaluateConfig."""
+    return help_text(
+        "lit-gpt-char evaluate: loss, bits per character and perplexity of a checkpoint (a table to stderr, "
+        "one JSON line to stdout).",
+        "lit-gpt-char evaluate ckpt=PATH|latest [split=val|train|test | text=FILE] [stride=N] [key=value ...]",
+        [("", EvaluateConfig)],
+        notes=[
+            "Without text=, it scores a split of the corpus the checkpoint was trained on (its record of the "
+            "file, sha256 and splits)."
+        ],
+    )
+
+
+main = run("evaluate", evaluate, help=usage)
 
 if __name__ == "__main__":
     main()
