@@ -4,11 +4,13 @@ import csv
 import os
 import socket
 
+import pytest
 from helpers import fake_run
 from rich.console import Console
 
 from lit_gpt_char import report
 from lit_gpt_char.results.status import write_status
+from lit_gpt_char.results.sweeps import minutes_since_start
 
 
 def fake_job(sweep, name, overrides, status=None, **events):
@@ -75,3 +77,33 @@ def test_numbers_are_shown_to_about_three_significant_digits(tmp_path):
     assert labels == ["job 0: lr=0.00277 betas=[0.9,0.951]", "job 1: lr=1e-3 betas=[0.9,0.95]"]
     with open(sweep / "summary.csv", newline="") as f:
         assert next(csv.DictReader(f))["optim.lr"] == "0.0027656442847589758"
+
+
+def test_report_compares_runs_from_several_directories(tmp_path):
+    """Old vs new recipe: two single run directories (and a sweep) in one table and one plot each by
+    step and by time; the table names each job by its directory, the time axis starts at each start."""
+    old = fake_job(tmp_path / "runs", "old", ["model.mlp=gelu"], "completed", n_steps=40, val_every=10)
+    new = fake_job(tmp_path / "runs2", "old", ["model.mlp=relu2"], "completed", n_steps=40, val_every=10)
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, "0", ["model.mlp=swiglu"], "completed", n_steps=20, val_every=10)
+    out = tmp_path / "compare"
+    console = Console(record=True, width=200)
+    jobs = report.report([old, new, sweep], console, out_dir=out)
+    assert sorted(j.name for j in jobs) == ["old", "old (2)", "sweep/0"]  # same-named runs kept apart
+    assert "model.mlp" in console.export_text()
+    with open(out / "summary.csv", newline="") as f:
+        assert sorted(r["model.mlp"] for r in csv.DictReader(f)) == ["gelu", "relu2", "swiglu"]
+    assert (out / "val_loss_all.png").stat().st_size > 10_000 and (out / "val_loss_time.png").stat().st_size > 10_000
+    minutes = minutes_since_start(jobs[0]).steps
+    assert minutes == sorted(minutes) and all(m >= 0 for m in minutes)  # started=0.0: epoch seconds / 60
+
+
+def test_report_of_several_directories_needs_out(tmp_path, capsys):
+    a = fake_job(tmp_path, "a", ["seed=1"], "completed", n_steps=10, val_every=5)
+    b = fake_job(tmp_path, "b", ["seed=2"], "completed", n_steps=10, val_every=5)
+    with pytest.raises(SystemExit) as e:
+        report.main([str(a), str(b)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--out" in err and "Traceback" not in err
+    assert not (a / "summary.csv").exists()

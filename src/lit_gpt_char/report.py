@@ -1,8 +1,10 @@
 """Summarise a sweep: `python -m lit_gpt_char.report SWEEP_DIR`.
 
 Prints one row per job (the overrides that differ between jobs, best val loss and its step,
-steps run, wall time, parameters, status), best first, and writes SWEEP_DIR/summary.csv and
-SWEEP_DIR/val_loss_all.png. Works while the sweep still runs and with failed jobs.
+steps run, wall time, parameters, status), best first, and writes SWEEP_DIR/summary.csv,
+SWEEP_DIR/val_loss_all.png (val loss by step) and SWEEP_DIR/val_loss_time.png (by minutes since
+each job started). Works while the sweep still runs and with failed jobs. Several directories
+(sweeps or single runs, `report RUN_A RUN_B --out DIR`) are compared in one table and one plot.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from rich.table import Table
 
 from lit_gpt_char.errors import ArgumentParser, UserError, check_output_dir, quiet_broken_pipes, user_errors
 from lit_gpt_char.results.plots import Series, draw_val_curves
-from lit_gpt_char.results.sweeps import JobSummary, differing_keys, readable, summarize_sweep
+from lit_gpt_char.results.sweeps import JobSummary, differing_keys, minutes_since_start, readable, summarize_dirs
 
 STATUS_STYLE = {
     "completed": "green",
@@ -103,22 +105,29 @@ def legend(jobs: Sequence[JobSummary], keys: Sequence[str]) -> dict[str, Series]
 
 
 @user_errors
-def report(sweep_dir: Path, console: Console | None = None, out_dir: Path | None = None) -> list[JobSummary]:
-    """Print the table, write summary.csv and val_loss_all.png (into out_dir, default the sweep
-    directory); return the jobs, best first."""
-    if not sweep_dir.is_dir():
-        raise UserError(f"{sweep_dir} is not a directory: pass a sweep directory, e.g. outputs/train/multirun/<time>")
-    out_dir = out_dir or sweep_dir
+def report(
+    dirs: Path | Sequence[Path], console: Console | None = None, out_dir: Path | None = None
+) -> list[JobSummary]:
+    """Print the table, write summary.csv, val_loss_all.png and val_loss_time.png (into out_dir,
+    default the sweep directory); return the jobs, best first."""
+    dirs = [dirs] if isinstance(dirs, Path) else list(dirs)
+    for d in dirs:
+        if not d.is_dir():
+            raise UserError(f"{d} is not a directory: pass a sweep directory, e.g. outputs/train/multirun/<time>")
+    if out_dir is None and len(dirs) > 1:
+        raise UserError(f"{len(dirs)} directories to compare: pass --out DIR for the table and the plots")
+    out_dir = out_dir or dirs[0]
     check_output_dir(out_dir, "--out")
-    jobs = summarize_sweep(sweep_dir)
+    jobs = summarize_dirs(dirs)
     if not jobs:
         raise UserError(
-            f"no sweep jobs in {sweep_dir} (subdirectories holding .hydra/overrides.yaml): pass the directory "
-            "a `python -m lit_gpt_char.train -m ...` run printed, e.g. outputs/train/multirun/<time>"
+            f"no sweep jobs in {' '.join(map(str, dirs))} (subdirectories holding .hydra/overrides.yaml): pass the "
+            "directory a `python -m lit_gpt_char.train -m ...` run printed, e.g. outputs/train/multirun/<time>"
         )
     console = console or Console(width=None if sys.stdout.isatty() else 200)  # piped: do not cut columns
     keys = differing_keys(jobs)
-    console.print(table(jobs, keys, f"{sweep_dir}: {len(jobs)} job(s), best val loss first"))
+    where = " ".join(map(str, dirs))
+    console.print(table(jobs, keys, f"{where}: {len(jobs)} job(s), best val loss first"))
     for j in jobs:
         if j.error:
             console.print(f"[red]job {j.name} {j.status}:[/] {j.error}  (see {j.path})", highlight=False)
@@ -129,23 +138,35 @@ def report(sweep_dir: Path, console: Console | None = None, out_dir: Path | None
         raise UserError(
             f"--out={out_dir}: cannot be written ({e.strerror or e}): pass --out DIR to write elsewhere"
         ) from None
-    png = draw_val_curves(legend(jobs, keys), out_dir / "val_loss_all.png", title=f"Validation loss: {sweep_dir.name}")
-    console.print(f"Wrote {csv_path} and {png}", highlight=False)
+    name = dirs[0].name if len(dirs) == 1 else ", ".join(d.name for d in dirs)
+    curves = legend(jobs, keys)
+    png = draw_val_curves(curves, out_dir / "val_loss_all.png", title=f"Validation loss: {name}")
+    by_time = {label: minutes_since_start(j) for label, j in zip(curves, jobs, strict=True)}
+    png_time = draw_val_curves(
+        by_time, out_dir / "val_loss_time.png", title=f"Validation loss by time: {name}", x_label="minutes since start"
+    )
+    console.print(f"Wrote {csv_path}, {png} and {png_time}", highlight=False)
     return jobs
 
 
 def main(argv: list[str] | None = None) -> None:
     quiet_broken_pipes()
     p = ArgumentParser(prog="python -m lit_gpt_char.report", description=__doc__.split("\n")[0])
-    p.add_argument("sweep_dir", type=Path, help="a sweep directory (outputs/train/multirun/<time>)")
+    p.add_argument(
+        "dirs",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="a sweep directory (outputs/train/multirun/<time>) or a run directory; several are compared",
+    )
     p.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="where to write summary.csv and val_loss_all.png (default: the sweep directory)",
+        help="where to write summary.csv and the plots (default: the sweep directory; needed for several)",
     )
     args = p.parse_args(argv)
-    report(args.sweep_dir, out_dir=args.out)
+    report(args.dirs, out_dir=args.out)
 
 
 if __name__ == "__main__":

@@ -243,8 +243,15 @@ def draw_run(scalars: Mapping[str, Series], out_dir: str | Path, smoothing: floa
     return [draw[name](out_dir / name) for name in PLOT_FILES if name in todo]
 
 
-def draw_val_curves(curves: Mapping[str, Series], path: str | Path, title: str = "Validation loss, all jobs") -> Path:
-    """Several runs' val curves on one plot (a sweep); the lowest point overall is starred."""
+def _x_text(x: float, x_label: str) -> str:
+    return f"step {x}" if x_label == "step" else f"{x:.1f} {x_label.split()[0]}"
+
+
+def draw_val_curves(
+    curves: Mapping[str, Series], path: str | Path, title: str = "Validation loss, all jobs", x_label: str = "step"
+) -> Path:
+    """Several runs' val curves on one plot (a sweep); the lowest point overall is starred. The
+    series' steps are the x values (x_label names them: `step`, or minutes for a time axis)."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
     best_label, best = None, None
     for label, series in curves.items():
@@ -262,10 +269,10 @@ def draw_val_curves(curves: Mapping[str, Series], path: str | Path, title: str =
             ms=16,
             color="tab:red",
             ls="none",
-            label=f"best {best[1]:.4f} @ step {best[0]} ({best_label.split(':')[0]})",
+            label=f"best {best[1]:.4f} @ {_x_text(best[0], x_label)} ({best_label.split(':')[0]})",
         )
     ax.set_title(title)
-    ax.set_xlabel("step")
+    ax.set_xlabel(x_label)
     ax.set_ylabel("val loss (nats/char)")
     ax.grid(alpha=0.3)
     if ax.lines:

@@ -31,6 +31,7 @@ class JobSummary:
     best_step: int | None = None
     steps: int | None = None  # optimizer steps logged so far
     wall_time_s: float | None = None
+    started: float | None = None  # when the job started (seconds since the epoch), for time axes
     params: int | None = None
     error: str | None = None
     val: Series = field(default_factory=lambda: Series([], [], []))
@@ -73,6 +74,9 @@ def summarize_job(job_dir: Path) -> JobSummary:
     if scalars.get(TRAIN) and scalars[TRAIN].steps:
         job.steps = scalars[TRAIN].steps[-1] + 1
     job.wall_time_s = _wall_time(info, scalars)
+    started = info.get("started")
+    first_event = min((s.wall_times[0] for s in scalars.values() if s.wall_times), default=None)
+    job.started = started if isinstance(started, (int, float)) else first_event
     job.params = info.get("params") if isinstance(info.get("params"), int) else None
     return job
 
@@ -119,3 +123,25 @@ def sort_key(job: JobSummary) -> tuple:
 
 def summarize_sweep(sweep_dir: Path) -> list[JobSummary]:
     return sorted((summarize_job(p) for p in find_jobs(sweep_dir)), key=sort_key)
+
+
+def summarize_dirs(dirs: Sequence[Path]) -> list[JobSummary]:
+    """The jobs of several sweep or run directories together, best first. With more than one
+    directory each job is named `<directory>/<job>` (a run directory: its own name)."""
+    if len(dirs) == 1:
+        return summarize_sweep(dirs[0])
+    jobs = []
+    for d in dirs:
+        for p in find_jobs(d):
+            job = summarize_job(p)
+            job.name = d.name if p == d else f"{d.name}/{p.name}"
+            seen = sum(j.name == job.name or j.name.startswith(f"{job.name} (") for j in jobs)
+            job.name += f" ({seen + 1})" if seen else ""  # two directories of the same name
+            jobs.append(job)
+    return sorted(jobs, key=sort_key)
+
+
+def minutes_since_start(job: JobSummary) -> Series:
+    """The job's val curve against minutes since it started (the whole command: start-up included)."""
+    t0 = job.started if job.started is not None else (job.val.wall_times[0] if job.val.wall_times else 0.0)
+    return Series([(t - t0) / 60 for t in job.val.wall_times], job.val.values, job.val.wall_times)
