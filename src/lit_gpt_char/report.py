@@ -30,7 +30,18 @@ STATUS_STYLE = {
     "died": "bold red",
     "interrupted": "yellow",
 }
-CSV_COLUMNS = ["job", "status", "best_val_loss", "best_step", "steps", "wall_time_s", "params", "error", "path"]
+CSV_COLUMNS = [
+    "job",
+    "status",
+    "best_val_loss",
+    "best_step",
+    "steps",
+    "wall_time_s",
+    "tokens_per_s",
+    "params",
+    "error",
+    "path",
+]
 
 
 def _num(v: float | None, fmt: str = ".4f") -> str:
@@ -53,7 +64,7 @@ def table(jobs: Sequence[JobSummary], keys: Sequence[str], title: str) -> Table:
     t.add_column("job", justify="right")
     for k in keys:
         t.add_column(k)
-    for name in ("best val", "best step", "steps", "wall", "params"):
+    for name in ("best val", "best step", "steps", "wall", "tokens/s", "params"):
         t.add_column(name, justify="right")
     t.add_column("status")
     for j in jobs:
@@ -64,6 +75,7 @@ def table(jobs: Sequence[JobSummary], keys: Sequence[str], title: str) -> Table:
             _num(j.best_step, "d"),
             _num(j.steps, "d"),
             _duration(j.wall_time_s),
+            _num(j.tokens_per_s, ",.0f"),
             _params(j.params),
             f"[{STATUS_STYLE.get(j.status, 'dim')}]{j.status}[/]",
         )
@@ -84,6 +96,7 @@ def write_csv(jobs: Sequence[JobSummary], keys: Sequence[str], path: Path) -> Pa
                     j.best_step,
                     j.steps,
                     None if j.wall_time_s is None else round(j.wall_time_s, 1),
+                    None if j.tokens_per_s is None else round(j.tokens_per_s),
                     j.params,
                     j.error,
                     j.path,

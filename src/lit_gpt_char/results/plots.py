@@ -254,10 +254,11 @@ def draw_val_curves(
     series' steps are the x values (x_label names them: `step`, or minutes for a time axis)."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
     best_label, best = None, None
-    for label, series in curves.items():
+    for i, (label, series) in enumerate(curves.items()):
         if not series.steps:
             continue
-        ax.plot(series.steps, series.values, marker="o", ms=3, lw=1.4, label=label)
+        style = ("-", "--", ":", "-.")[i // 10 % 4]  # the default cycle has 10 colours: then a new line style
+        ax.plot(series.steps, series.values, marker="o", ms=3, lw=1.4, ls=style, label=label)
         b = series.best()
         if b is not None and (best is None or b[1] < best[1]):
             best_label, best = label, b

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lit_gpt_char.results.plots import TRAIN, VAL, Series, read_scalars
+from lit_gpt_char.results.plots import TOKENS, TRAIN, VAL, Series, read_scalars
 from lit_gpt_char.results.status import read_status
 
 
@@ -33,6 +34,7 @@ class JobSummary:
     wall_time_s: float | None = None
     started: float | None = None  # when the job started (seconds since the epoch), for time axes
     params: int | None = None
+    tokens_per_s: float | None = None  # the median of train/tokens_per_s: what a setting costs in speed
     error: str | None = None
     val: Series = field(default_factory=lambda: Series([], [], []))
 
@@ -74,6 +76,8 @@ def summarize_job(job_dir: Path) -> JobSummary:
     if scalars.get(TRAIN) and scalars[TRAIN].steps:
         job.steps = scalars[TRAIN].steps[-1] + 1
     job.wall_time_s = _wall_time(info, scalars)
+    if scalars.get(TOKENS) and scalars[TOKENS].values:
+        job.tokens_per_s = statistics.median(scalars[TOKENS].values)
     started = info.get("started")
     first_event = min((s.wall_times[0] for s in scalars.values() if s.wall_times), default=None)
     job.started = started if isinstance(started, (int, float)) else first_event
