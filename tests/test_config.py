@@ -172,6 +172,34 @@ def test_nanogpt_experiment():
     )
 
 
+def test_muon_cpu_experiment_is_the_default_size_with_every_newer_part():
+    """experiment=muon_cpu (README "Records"): the default's size, each newer part, Muon with weight
+    decay on the wsd schedule, 3,000 steps; it builds, and with its own parameter count."""
+    from lit_gpt_char.core.model import GPT, GPTConfig
+
+    cfg, default = compose_train(["experiment=muon_cpu"]), compose_train([])
+    m = cfg.model
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, cfg.data.batch_size) == (4, 4, 192, 128, 16)
+    assert (m.pos_emb, m.norm, m.qk_norm, m.mlp, m.tie_embeddings, m.zero_init) == (
+        "rope",
+        "rmsnorm",
+        True,
+        "relu2",
+        False,
+        True,
+    )
+    o = cfg.optim
+    assert (o.algorithm, o.schedule, o.muon_weight_decay, o.warmup_steps) == ("muon", "wsd", 0.05, 100)
+    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval) == (3000, 500)
+    assert (default.model.pos_emb, default.optim.algorithm, default.trainer.max_steps) == ("learned", "adamw", 5000)
+    sizes = {k: m[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
+    new = GPT(GPTConfig(vocab_size=65, **{k: m[k] for k in GPTConfig.__dataclass_fields__ if k in m}))
+    old = GPT(GPTConfig(vocab_size=65, **sizes))
+    n_new, n_old = (sum(p.numel() for p in g.parameters()) for g in (new, old))
+    # untied head (+65 x 192) and no position table (-128 x 192); RMSNorm has no bias either way
+    assert n_new - n_old == 65 * 192 - 128 * 192
+
+
 @pytest.mark.parametrize(
     "cuda, cuda_bf16, cpu_bf16, amx, accelerator, expected",
     [
@@ -234,7 +262,10 @@ BAD_TRAIN = [
     ("callbacks.generate_samples.temperature=hot", "callbacks.generate_samples.temperature=hot"),
     ("callbacks.plot_curves.smoothing=2", "callbacks.plot_curves.smoothing=2"),
     ("callbacks.model_checkpoint.mode=up", "callbacks.model_checkpoint: `mode` can be min, max but got up"),
-    ("experiment=nonexistent", "experiment=nonexistent: no such option: the choices are enwik8, nanogpt, seed, text8"),
+    (
+        "experiment=nonexistent",
+        "experiment=nonexistent: no such option: the choices are enwik8, muon_cpu, nanogpt, seed, text8",
+    ),
     ("data=text", "data.path is required"),
 ]
 

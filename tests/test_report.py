@@ -90,7 +90,8 @@ def test_report_compares_runs_from_several_directories(tmp_path):
     console = Console(record=True, width=200)
     jobs = report.report([old, new, sweep], console, out_dir=out)
     assert sorted(j.name for j in jobs) == ["old", "old (2)", "sweep/0"]  # same-named runs kept apart
-    assert "model.mlp" in console.export_text() and "tokens/s" in console.export_text()
+    text = console.export_text()
+    assert "model.mlp" in text and "tokens/s" in text
     assert {j.tokens_per_s for j in jobs} == {20_000.0}  # the median of train/tokens_per_s (20,000 +- 100)
     with open(out / "summary.csv", newline="") as f:
         assert sorted(r["model.mlp"] for r in csv.DictReader(f)) == ["gelu", "relu2", "swiglu"]

@@ -152,6 +152,7 @@ def report(
             f"--out={out_dir}: cannot be written ({e.strerror or e}): pass --out DIR to write elsewhere"
         ) from None
     name = dirs[0].name if len(dirs) == 1 else ", ".join(d.name for d in dirs)
+    name = name if len(name) <= 60 else f"{len(dirs)} directories"  # a title that fits the plot
     curves = legend(jobs, keys)
     png = draw_val_curves(curves, out_dir / "val_loss_all.png", title=f"Validation loss: {name}")
     by_time = {label: minutes_since_start(j) for label, j in zip(curves, jobs, strict=True)}
