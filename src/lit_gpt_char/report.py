@@ -119,11 +119,11 @@ def legend(jobs: Sequence[JobSummary], keys: Sequence[str]) -> dict[str, Series]
 
 @user_errors
 def report(
-    dirs: Path | Sequence[Path], console: Console | None = None, out_dir: Path | None = None
+    dirs: str | Path | Sequence[str | Path], console: Console | None = None, out_dir: Path | None = None
 ) -> list[JobSummary]:
     """Print the table, write summary.csv, val_loss_all.png and val_loss_time.png (into out_dir,
     default the sweep directory); return the jobs, best first."""
-    dirs = [dirs] if isinstance(dirs, Path) else list(dirs)
+    dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
     for d in dirs:
         if not d.is_dir():
             raise UserError(f"{d} is not a directory: pass a sweep directory, e.g. outputs/train/multirun/<time>")
