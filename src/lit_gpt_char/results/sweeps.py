@@ -32,7 +32,7 @@ class JobSummary:
     best_step: int | None = None
     steps: int | None = None  # optimizer steps logged so far
     wall_time_s: float | None = None
-    started: float | None = None  # when the job started (seconds since the epoch), for time axes
+    started: float | None = None  # when the job first started (seconds since the epoch), for time axes
     params: int | None = None
     tokens_per_s: float | None = None  # the median of train/tokens_per_s: what a setting costs in speed
     error: str | None = None
@@ -78,9 +78,9 @@ def summarize_job(job_dir: Path) -> JobSummary:
     job.wall_time_s = _wall_time(info, scalars)
     if scalars.get(TOKENS) and scalars[TOKENS].values:
         job.tokens_per_s = statistics.median(scalars[TOKENS].values)
-    started = info.get("started")
-    first_event = min((s.wall_times[0] for s in scalars.values() if s.wall_times), default=None)
-    job.started = started if isinstance(started, (int, float)) else first_event
+    # The first start: a resumed run's status.json holds its latest start, its events the earlier ones.
+    starts = [info.get("started")] + [s.wall_times[0] for s in scalars.values() if s.wall_times]
+    job.started = min((t for t in starts if isinstance(t, (int, float))), default=None)
     job.params = info.get("params") if isinstance(info.get("params"), int) else None
     return job
 
