@@ -16,7 +16,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lit_gpt_char.config  # noqa: F401  (registers the ${fast_precision:} resolver the configs use)
 
@@ -24,6 +24,25 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 REAL_CORPUS = Path(os.environ.get("LIT_GPT_CHAR_DATA_DIR", REPO / "data")) / "tinyshakespeare.txt"
 BASELINE = REPO.parent / "shared" / "bench" / "baseline.py"
+
+# GPT-2's parts (learned positions, LayerNorm, GELU, tied head, scaled init), as conf/model/gpt2.yaml
+# writes them: for tests of what only those parts do, since the defaults are the newer parts.
+GPT2_PARTS = {
+    k: v
+    for k, v in OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / "gpt2.yaml")).items()
+    if k != "defaults"
+}
+
+
+def fill_zero_weights(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
+    """Random values for all-zero weights (zero_init's projections and head), so a test of the
+    default parts sees every path, not zero outputs."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.normal_(0, std)
+    return model
+
 
 # Flags that make a CLI training run small and quiet; tests add what they check.
 TINY = [

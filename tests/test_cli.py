@@ -44,10 +44,17 @@ def test_evaluate_help_lists_its_own_options(capsys):
 
 def test_train_help_lists_every_group_and_its_options(capsys):
     out = help_of(train.main, capsys)
-    for key in ("seed=1337", "model.n_layer=4", "optim.lr=0.002", "data.batch_size=16", "trainer.max_steps=5000"):
+    for key in (
+        "seed=1337",
+        "model.n_layer=4",
+        "optim.lr=0.002",
+        "data.batch_size=16",
+        "trainer.max_steps=3000",
+        "optim.algorithm=muon",
+    ):
         assert f"  {key}" in out, key
     assert "callbacks.generate_samples.every_n_steps=500" in out and "paths.log_dir=" in out
-    assert "experiment: enwik8, muon_cpu, nanogpt, seed, text8" in out and "optim: adamw, muon" in out
+    assert "experiment: enwik8, gpt2, nanogpt, seed, text8" in out and "optim: adamw, muon" in out
     assert "logger: all, csv, many, mlflow, none, tensorboard, wandb" in out
     assert "  model=" not in out  # the groups themselves are not options
 

@@ -172,14 +172,15 @@ def test_nanogpt_experiment():
     )
 
 
-def test_muon_cpu_experiment_is_the_default_size_with_every_newer_part():
-    """experiment=muon_cpu (README "Records"): the default's size, each newer part, Muon with weight
-    decay on the wsd schedule, 3,000 steps; it builds, and with its own parameter count."""
+def test_the_default_has_every_newer_part_and_gpt2_is_the_old_default():
+    """The default (README "Records"): 4x192, block 128, batch 16, each newer part, Muon with weight
+    decay on the wsd schedule, 3,000 steps. experiment=gpt2 is the default before them: GPT-2's
+    parts, AdamW on the cosine schedule, 5,000 steps. Both build, with their own parameter counts."""
     from lit_gpt_char.core.model import GPT, GPTConfig
 
-    cfg, default = compose_train(["experiment=muon_cpu"]), compose_train([])
-    m = cfg.model
-    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, cfg.data.batch_size) == (4, 4, 192, 128, 16)
+    default, old = compose_train([]), compose_train(["experiment=gpt2"])
+    m = default.model
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, default.data.batch_size) == (4, 4, 192, 128, 16)
     assert (m.pos_emb, m.norm, m.qk_norm, m.mlp, m.tie_embeddings, m.zero_init) == (
         "rope",
         "rmsnorm",
@@ -188,14 +189,34 @@ def test_muon_cpu_experiment_is_the_default_size_with_every_newer_part():
         False,
         True,
     )
-    o = cfg.optim
+    o = default.optim
     assert (o.algorithm, o.schedule, o.muon_weight_decay, o.warmup_steps) == ("muon", "wsd", 0.05, 100)
-    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval) == (3000, 500)
-    assert (default.model.pos_emb, default.optim.algorithm, default.trainer.max_steps) == ("learned", "adamw", 5000)
-    sizes = {k: m[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
-    new = GPT(GPTConfig(vocab_size=65, **{k: m[k] for k in GPTConfig.__dataclass_fields__ if k in m}))
-    old = GPT(GPTConfig(vocab_size=65, **sizes))
-    n_new, n_old = (sum(p.numel() for p in g.parameters()) for g in (new, old))
+    assert (default.trainer.max_steps, default.trainer.val_check_interval) == (3000, 500)
+    g = old.model
+    assert (g.pos_emb, g.norm, g.qk_norm, g.mlp, g.tie_embeddings, g.zero_init) == (
+        "learned",
+        "layernorm",
+        False,
+        "gelu",
+        True,
+        False,
+    )
+    assert (old.optim.algorithm, old.optim.schedule, old.optim.warmup_steps, old.trainer.max_steps) == (
+        "adamw",
+        "cosine",
+        200,
+        5000,
+    )
+    assert default.callbacks.ema.decay == 0.99 and old.callbacks.ema is None  # weight averaging
+    old.callbacks.ema = default.callbacks.ema
+    assert {k: v for k, v in old.items() if k not in ("model", "optim", "trainer")} == {
+        k: v for k, v in default.items() if k not in ("model", "optim", "trainer")
+    }
+    fields = GPTConfig.__dataclass_fields__
+    n_new, n_old = (
+        GPT(GPTConfig(**{k: c.model[k] for k in fields if k in c.model} | {"vocab_size": 65})).num_params()
+        for c in (default, old)
+    )
     # untied head (+65 x 192) and no position table (-128 x 192); RMSNorm has no bias either way
     assert n_new - n_old == 65 * 192 - 128 * 192
 
@@ -264,7 +285,7 @@ BAD_TRAIN = [
     ("callbacks.model_checkpoint.mode=up", "callbacks.model_checkpoint: `mode` can be min, max but got up"),
     (
         "experiment=nonexistent",
-        "experiment=nonexistent: no such option: the choices are enwik8, muon_cpu, nanogpt, seed, text8",
+        "experiment=nonexistent: no such option: the choices are enwik8, gpt2, nanogpt, seed, text8",
     ),
     ("data=text", "data.path is required"),
 ]

@@ -12,13 +12,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli, run_main
+from helpers import GPT2_PARTS, run_cli, run_main
 from safetensors.torch import load_file
 
 from lit_gpt_char import export as export_cli
 from lit_gpt_char import sample
-from lit_gpt_char.core.checkpoint import export, load_any, load_checkpoint, resolve_checkpoint
+from lit_gpt_char.core.checkpoint import (
+    Loaded,
+    export,
+    load_any,
+    load_checkpoint,
+    load_exported,
+    resolve_checkpoint,
+    save_export,
+)
 from lit_gpt_char.core.generation import load_generator
+from lit_gpt_char.core.model import GPT, GPTConfig
+from lit_gpt_char.core.tokenizer import CharTokenizer
 
 FILES = {"model.safetensors", "config.json", "tokenizer.json"}
 
@@ -35,10 +45,10 @@ def logits(loaded, idx: torch.Tensor) -> torch.Tensor:
 
 def test_round_trip_gives_the_same_logits(trained_run, exported):
     assert {p.name for p in exported.iterdir()} == FILES
-    # The tied head is stored once, and the file is plain safetensors any tool reads.
+    # The file is plain safetensors any tool reads (the default head is untied: two matrices).
     tensors = load_file(exported / "model.safetensors")
-    assert "wte.weight" in tensors and "lm_head.weight" not in tensors
     ckpt, back = load_checkpoint(trained_run), load_any(exported)
+    assert not ckpt.config.tie_embeddings and set(tensors) == set(ckpt.state_dict)
     assert back.config == ckpt.config and back.tokenizer == ckpt.tokenizer
     idx = torch.randint(0, ckpt.config.vocab_size, (3, ckpt.config.block_size))
     assert (logits(ckpt, idx) - logits(back, idx)).abs().max() <= 1e-6
@@ -49,6 +59,25 @@ def test_round_trip_gives_the_same_logits(trained_run, exported):
     assert back.facts()["step"] == ckpt.info["step"] > 0
     assert back.facts()["val_loss"] == pytest.approx(ckpt.info["val_loss"])
     assert back.facts()["params"] == load_generator(exported, device="cpu").num_params
+
+
+def test_a_tied_head_is_stored_once_and_comes_back_tied(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=16, **GPT2_PARTS))
+    tok = CharTokenizer.from_text("abcde")
+    save_export(Loaded(model.config, tok, model.state_dict(), tmp_path), tmp_path / "out")
+    tensors = load_file(tmp_path / "out" / "model.safetensors")
+    assert "wte.weight" in tensors and "lm_head.weight" not in tensors
+    back = load_any(tmp_path / "out")
+    assert back.config == model.config and torch.equal(back.state_dict["lm_head.weight"], model.wte.weight)
+    built = back.build()
+    assert built.lm_head.weight is built.wte.weight
+    idx = torch.randint(0, 5, (2, 8))
+    assert (logits(back, idx) - model.eval()(idx)[0]).abs().max() <= 1e-6
+    # An export from before config.json (GPT-2's parts): the sizes are read off the weights, n_head given.
+    (tmp_path / "out" / "config.json").unlink()
+    legacy = load_exported(tmp_path / "out" / "model.safetensors", tmp_path / "out" / "tokenizer.json", n_head=2)
+    assert legacy.config == model.config and (logits(legacy, idx) - logits(back, idx)).abs().max() == 0
 
 
 def test_old_model_pt_exports_still_load(trained_run, exported, tmp_path):
@@ -141,7 +170,8 @@ BAD_EXPORTS = [
     ("bad value", lambda c: json.dumps({**c, "n_layer": 0}), "model.n_layer=0: must be"),
     ("wider", lambda c: json.dumps({**c, "n_embd": 96}), "tensor wte.weight has shape ["),
     ("deeper", lambda c: json.dumps({**c, "n_layer": 3}), "missing ['blocks.2."),
-    ("longer context", lambda c: json.dumps({**c, "block_size": 64}), "tensor wpe.weight has shape [32, 64] but"),
+    ("learned positions", lambda c: json.dumps({**c, "pos_emb": "learned"}), "missing ['wpe.weight']"),
+    ("tied head", lambda c: json.dumps({**c, "tie_embeddings": True}), "lm_head.weight differs from wte.weight"),
     ("more characters", lambda c: json.dumps({**c, "vocab_size": 20}), "characters but"),
 ]
 
@@ -171,7 +201,8 @@ def test_a_damaged_safetensors_file_is_one_error_line(exported, tmp_path, capsys
 BAD_CHECKPOINTS = [
     ("deeper", lambda c: c["model_config"].update(n_layer=3), "missing ['blocks.2."),
     ("wider", lambda c: c["model_config"].update(n_embd=96, n_head=2), "tensor wte.weight has shape ["),
-    ("longer", lambda c: c["model_config"].update(block_size=48), "tensor wpe.weight has shape [32, 64] but"),
+    ("learned positions", lambda c: c["model_config"].update(pos_emb="learned"), "missing ['wpe.weight']"),
+    ("tied head", lambda c: c["model_config"].update(tie_embeddings=True), "lm_head.weight differs from wte.weight"),
     ("not a mapping", lambda c: c.update(model_config=[2, 32]), "must be a mapping of options"),
     ("extra key", lambda c: c["model_config"].update(rope=True), "unknown option(s) model.rope"),
 ]

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import GPT2_PARTS, fill_zero_weights
 
 from lit_gpt_char.core.checkpoint import export, load_checkpoint
 from lit_gpt_char.core.generation import (
@@ -13,11 +14,15 @@ from lit_gpt_char.core.generation import (
     sample_logits,
 )
 from lit_gpt_char.core.model import GPT, GPTConfig
+from lit_gpt_char.errors import UserError
 
-# Every model option there is (each differs from the default in one way): generation must match
-# the full forward for all of them.
+# Every model option there is (each differs from GPT-2's parts in one way), and the default parts
+# together: generation must match the full forward for all of them.
+DEFAULT_PARTS = {k: getattr(GPTConfig(), k) for k in GPT2_PARTS}
 MODEL_OPTIONS = [
     {},
+    DEFAULT_PARTS,
+    {**DEFAULT_PARTS, "mlp": "swiglu", "bias": True},
     {"bias": True},
     {"n_head": 4},
     {"dropout": 0.2, "attn_dropout": 0.1},
@@ -46,18 +51,19 @@ def model(block_size=16, **options) -> GPT:
             "n_head": 2,
             "n_embd": 32,
             "dropout": 0.1,
+            **GPT2_PARTS,
             **options,
         }
     )
-    m = GPT(cfg).eval()
-    with torch.no_grad():  # zero-initialized parameters get values, so one that is dropped would show
+    m = fill_zero_weights(GPT(cfg).eval())
+    with torch.no_grad():  # constant-initialized parameters get values, so one that is dropped would show
         for name, p in m.named_parameters():
             if name.endswith("bias") or (p.dim() == 1 and (p == 1).all()):
                 p.normal_(0, 0.1).add_(1 if not name.endswith("bias") else 0)
     return m
 
 
-@pytest.mark.parametrize("options", MODEL_OPTIONS, ids=[str(o) or "default" for o in MODEL_OPTIONS])
+@pytest.mark.parametrize("options", MODEL_OPTIONS, ids=[str(o) or "gpt2" for o in MODEL_OPTIONS])
 @pytest.mark.parametrize("batch, prompt_len", [(1, 1), (1, 5), (3, 1), (3, 7)])
 def test_cached_logits_equal_full_forward(batch, prompt_len, options):
     """The decode path (Decoder: weights bound into functions) and forward(cache=...) chunks of any
@@ -86,7 +92,7 @@ def test_cached_logits_equal_full_forward(batch, prompt_len, options):
         assert (got - want).abs().max() < 1e-4 and (chunk - want).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("options", MODEL_OPTIONS, ids=[str(o) or "default" for o in MODEL_OPTIONS])
+@pytest.mark.parametrize("options", MODEL_OPTIONS, ids=[str(o) or "gpt2" for o in MODEL_OPTIONS])
 def test_int8_decode_tracks_its_own_full_forward(options):
     """With int8 weights, the decode steps still compute what the (int8) model's full forward does."""
     m = quantize_int8(model(**options).to(torch.bfloat16))
@@ -194,13 +200,11 @@ def test_python_api_and_export_round_trip(trained_run, tmp_path):
     out = export(trained_run, tmp_path / "exported")
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "tokenizer.json", "config.json"}
     assert load_generator(out, device="cpu").generate("the king", max_new_tokens=40, seed=3) == text
-    (out / "config.json").unlink()  # sizes from the weights' shapes, n_head given
+    (out / "config.json").unlink()  # the default parts cannot be read off the weights: config.json is needed
     from lit_gpt_char.core.checkpoint import load_exported
 
-    loaded = load_exported(
-        out / "model.safetensors", out / "tokenizer.json", n_head=load_checkpoint(trained_run).config.n_head
-    )
-    assert load_generator(loaded, device="cpu").generate("the king", max_new_tokens=40, seed=3) == text
+    with pytest.raises(UserError, match=r"put the config\.json exported with them beside it"):
+        load_exported(out / "model.safetensors", out / "tokenizer.json", n_head=4)
 
 
 def test_checkpoint_has_no_compile_prefix_and_loads_weights_only(trained_run):

@@ -1,9 +1,14 @@
 import pytest
 import torch
+from helpers import GPT2_PARTS
 
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.core.ops import dropout
 from lit_gpt_char.errors import UserError
+
+# The newer parts without zero-initialised projections, which would hide a leak behind zero outputs.
+NEWER_PARTS = {**GPT2_PARTS, "pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "relu2"}
+NEWER_PARTS["tie_embeddings"] = False
 
 
 def small(**kw) -> GPT:
@@ -24,18 +29,19 @@ def test_shapes_and_loss():
 
 
 def test_seed_config_parameter_count():
-    model = GPT(GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384))
+    model = GPT(GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, **GPT2_PARTS))
     assert 10.6e6 < model.num_params() < 10.8e6
 
 
 def test_head_is_tied_to_token_embedding():
-    model = small()
+    model = small(**GPT2_PARTS)
     assert model.lm_head.weight is model.wte.weight
     assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
 
 
-def test_causal_later_tokens_never_change_earlier_logits():
-    model = small()
+@pytest.mark.parametrize("parts", [GPT2_PARTS, NEWER_PARTS], ids=["gpt2", "newer"])
+def test_causal_later_tokens_never_change_earlier_logits(parts):
+    model = small(**parts)
     idx = torch.randint(0, 11, (2, 16))
     changed = idx.clone()
     changed[:, 10:] = (changed[:, 10:] + 1) % 11
@@ -46,7 +52,7 @@ def test_causal_later_tokens_never_change_earlier_logits():
 
 
 def test_residual_projections_use_scaled_init():
-    model = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=8, n_head=2, n_embd=64))
+    model = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=8, n_head=2, n_embd=64, **GPT2_PARTS))
     std = model.blocks[0].mlp.proj.weight.std().item()
     assert abs(std - 0.02 / (2 * 8) ** 0.5) < 0.002
     assert abs(model.blocks[0].mlp.fc.weight.std().item() - 0.02) < 0.002

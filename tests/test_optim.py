@@ -41,7 +41,7 @@ def test_no_warmup_and_constant_lr():
 def test_scheduler_follows_the_schedule_and_decays_over_the_run():
     """decay_steps null: the cosine ends at the run's last step."""
     w = torch.nn.Parameter(torch.zeros(2, 2))
-    cfg = OptimConfig(lr=LR, min_lr=MIN, warmup_steps=WARM)
+    cfg = OptimConfig(algorithm="adamw", schedule="cosine", lr=LR, min_lr=MIN, warmup_steps=WARM)
     opt, sched = build_optimizer([("w", w)], {"w"}, cfg, total_steps=DECAY, fused=False)
     seen = []
     for _ in range(DECAY + 5):
@@ -52,7 +52,7 @@ def test_scheduler_follows_the_schedule_and_decays_over_the_run():
     _, sched = build_optimizer(
         [("w", w)],
         {"w"},
-        OptimConfig(lr=LR, min_lr=MIN, warmup_steps=WARM, decay_steps=60),
+        OptimConfig(algorithm="adamw", schedule="cosine", lr=LR, min_lr=MIN, warmup_steps=WARM, decay_steps=60),
         total_steps=DECAY,
         fused=False,
     )
@@ -61,7 +61,9 @@ def test_scheduler_follows_the_schedule_and_decays_over_the_run():
 
 def test_weight_decay_on_matrices_only():
     module = LitGPT(
-        list("abcd"), {"n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 8, "bias": True}, {"weight_decay": 0.3}
+        list("abcd"),
+        {"n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 8, "bias": True},
+        {"weight_decay": 0.3, "algorithm": "adamw"},
     )
     opt = module.configure_optimizers()["optimizer"]
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.3 for p in g["params"]}

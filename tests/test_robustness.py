@@ -15,7 +15,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, TESTS, TINY, clean_env, compose_hydra, popen_train, run_cli, run_main, scalars
+from helpers import (
+    GPT2_PARTS,
+    REPO,
+    TESTS,
+    TINY,
+    clean_env,
+    compose_hydra,
+    fill_zero_weights,
+    popen_train,
+    run_cli,
+    run_main,
+    scalars,
+)
 
 from lit_gpt_char import plot, report, sample, train
 from lit_gpt_char.core import checkpoint as ckpt_files
@@ -36,14 +48,16 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 # --- 1. int8 sampling works at every width -------------------------------------------------------------------
-@pytest.mark.parametrize("n_embd, n_head", [(8, 1), (12, 3), (24, 2), (30, 3), (40, 4), (48, 4), (100, 4), (200, 5)])
+@pytest.mark.parametrize("n_embd, n_head", [(8, 1), (12, 3), (24, 2), (30, 3), (40, 4), (48, 4), (100, 2), (200, 5)])
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no kernel"])
-def test_int8_decoding_at_every_width(n_embd, n_head, kernel, monkeypatch):
+@pytest.mark.parametrize("parts", [{}, GPT2_PARTS], ids=["default", "gpt2"])
+def test_int8_decoding_at_every_width(n_embd, n_head, kernel, parts, monkeypatch):
     """Widths the int8 kernel cannot take (not a multiple of 16) are padded; without the kernel the
     weights are dequantized. Either way the decode steps track the float model closely."""
     monkeypatch.setattr(generation, "INT8_KERNEL", kernel and hasattr(torch, "_weight_int8pack_mm"))
     torch.manual_seed(0)
-    fp = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=2, n_head=n_head, n_embd=n_embd)).eval()
+    fp = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=2, n_head=n_head, n_embd=n_embd, **parts)).eval()
+    fill_zero_weights(fp)
     q = GPT(fp.config).eval()
     q.load_state_dict(fp.state_dict())
     q = quantize_int8(q.to(torch.bfloat16))

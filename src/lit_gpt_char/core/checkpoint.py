@@ -42,6 +42,16 @@ LATEST = "latest"  # ckpt=latest: the best checkpoint of the run that saved one 
 LOG_DIR_ENV = "LIT_GPT_CHAR_LOG_DIR"
 # GPT ties its head to its token embedding: one matrix, two names. Files store it once.
 TIED = {"lm_head.weight": "wte.weight"}
+# What a weights file without a config.json holds: exports from before the model had options (and
+# before config.json), all of GPT-2's parts; only their sizes are read off the weights.
+LEGACY_PARTS = {
+    "pos_emb": "learned",
+    "norm": "layernorm",
+    "qk_norm": False,
+    "mlp": "gelu",
+    "tie_embeddings": True,
+    "zero_init": False,
+}
 
 
 def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -120,6 +130,13 @@ class Loaded:
                     f"({_sizes(self.config)}) needs {list(want.shape)}: the config and the weights do not belong "
                     "together"
                 )
+        if self.config.tie_embeddings:
+            for name, twin in TIED.items():
+                if not _same(self.state_dict[name], self.state_dict[twin]):
+                    raise UserError(
+                        f"{self.source}: {self.config_source} says tie_embeddings=true, but {name} differs from "
+                        f"{twin}: the weights are of an untied model (tie_embeddings=false)"
+                    )
         bad = next(
             (k for k, v in self.state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()), None
         )
@@ -139,7 +156,8 @@ class Loaded:
 
     def facts(self) -> dict[str, Any]:
         """What a person wants to know of the model: size, training step, val loss, where it came from."""
-        n = sum(v.numel() for k, v in self.state_dict.items() if k not in TIED)
+        tied = tied_names(self.state_dict)  # a tied matrix counts once; an untied head is its own
+        n = sum(v.numel() for k, v in self.state_dict.items() if k not in tied)
         c = self.config
         return {
             "params": n,
@@ -425,6 +443,11 @@ def load_exported(
     if config is None:
         if n_head is None:
             raise UserError(f"no {CONFIG_FILE} beside {weights}: pass n_head (it cannot be read off the weights)")
+        if "wte.weight" in state_dict and "wpe.weight" not in state_dict:
+            raise UserError(
+                f"no {CONFIG_FILE} beside {weights}, and its weights are not GPT-2's parts (no position table), "
+                f"so their options cannot be read off them: put the {CONFIG_FILE} exported with them beside it"
+            )
         try:
             config = {
                 "vocab_size": state_dict["wte.weight"].shape[0],
@@ -434,6 +457,7 @@ def load_exported(
                 "n_head": n_head,
                 "bias": "ln_f.bias" in state_dict,
                 "dropout": 0.0,
+                **LEGACY_PARTS,
             }
         except (KeyError, ValueError, IndexError):
             raise UserError(f"{weights} is not a lit-gpt-char GPT state dict (no wte/wpe/blocks weights)") from None

@@ -182,12 +182,19 @@ def bound_function(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
             eps=module.eps,
         )
     if type(module) is nn.RMSNorm:
-        return functools.partial(
-            F.rms_norm, normalized_shape=module.normalized_shape, weight=module.weight, eps=module.eps
-        )
+        (width,) = module.normalized_shape
+        return functools.partial(rms_normalize, scale=module.weight * width**0.5)
     if type(module) is Int8Linear:
         return functools.partial(int8_linear, weight=module.weight, scales=module.scales, bias=module.bias)
     return module.forward
+
+
+def rms_normalize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """RMSNorm as decoding computes it: x / |x| * (sqrt(width) * weight), two operations where
+    F.rms_norm takes about eight (a third of the time of a step at batch 1). It leaves out the
+    norm's eps (1e-7 relative at float32 in training; a zero vector stays zero): the tests hold it
+    to the module's output."""
+    return torch.div(x, torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(1e-30)) * scale
 
 
 @functools.cache

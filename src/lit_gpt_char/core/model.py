@@ -27,6 +27,8 @@ from lit_gpt_char.core.ops import attend, dropout
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.options import Options, option
 
+ROPE_PAST = 1024  # positions past the block whose rotations are computed at once when sampling on
+
 
 @dataclass
 class GPTConfig(Options):
@@ -43,16 +45,16 @@ class GPTConfig(Options):
     attn_dropout: float | None = option(None, "dropout on attention weights; null: the same as dropout", ge=0, lt=1)
     bias: bool = option(False, "biases in the Linear and LayerNorm layers")
     pos_emb: str = option(
-        "learned",
+        "rope",
         "positions: learned (a table of block_size vectors, GPT-2's) | rope (rotary, "
         "relative: sampling rolls on past block_size)",
         choices=("learned", "rope"),
     )
     rope_base: float = option(10000.0, "rope: base of the rotation frequencies", gt=1, le=1e9)
-    norm: str = option("layernorm", "the norms: layernorm | rmsnorm", choices=("layernorm", "rmsnorm"))
-    qk_norm: bool = option(False, "RMS-normalise each head's queries and keys before attention")
+    norm: str = option("rmsnorm", "the norms: layernorm | rmsnorm", choices=("layernorm", "rmsnorm"))
+    qk_norm: bool = option(True, "RMS-normalise each head's queries and keys before attention")
     mlp: str = option(
-        "gelu", "the MLP: gelu | relu2 (squared ReLU) | swiglu (gated SiLU)", choices=("gelu", "relu2", "swiglu")
+        "relu2", "the MLP: gelu | relu2 (squared ReLU) | swiglu (gated SiLU)", choices=("gelu", "relu2", "swiglu")
     )
     mlp_hidden: int | None = option(
         None,
@@ -61,9 +63,9 @@ class GPTConfig(Options):
         ge=1,
         le=1 << 18,
     )
-    tie_embeddings: bool = option(True, "one matrix for the token embedding and the output head")
+    tie_embeddings: bool = option(False, "one matrix for the token embedding and the output head")
     zero_init: bool = option(
-        False, "start the blocks' output projections (and an untied head) at zero, so each block starts as the identity"
+        True, "start the blocks' output projections (and an untied head) at zero, so each block starts as the identity"
     )
 
     def check(self) -> None:
@@ -126,15 +128,25 @@ class ModelOps(NamedTuple):
     head: Callable[[torch.Tensor], torch.Tensor]
 
 
-Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin for the chunk's positions: (T, head_size / 2) each
+Rope = tuple[torch.Tensor, torch.Tensor]  # rope_angles' tables for the chunk's positions, (T, 1, 1, head_size)
+
+
+def rope_angles(base: float, head_size: int, start: int, n: int, device: torch.device | None = None) -> Rope:
+    """The tables `rotate` multiplies by for positions start .. start+n-1, computed in float64:
+    [cos, cos] and [-sin, sin] of each position times each frequency, (n, head_size) each."""
+    freqs = base ** -(torch.arange(0, head_size, 2, dtype=torch.float64, device=device) / head_size)
+    angles = torch.outer(torch.arange(start, start + n, dtype=torch.float64, device=device), freqs)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1).float(), torch.cat([-sin, sin], dim=-1).float()
 
 
 def rotate(x: torch.Tensor, rope: Rope) -> torch.Tensor:
-    """Rotary position embedding of x (B, H, T, hd): each pair of features (i, i + hd/2) is turned
-    by its position times its frequency, so q.k depends on the positions' difference only."""
+    """Rotary position embedding of x (B, T, 2, H, hd), queries and keys: each pair of features
+    (i, i + hd/2) is turned by its position times its frequency, so q.k depends on the positions'
+    difference only: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), in three operations."""
     cos, sin = (r.to(x.dtype) for r in rope)
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return torch.addcmul(x * cos, torch.cat([x2, x1], dim=-1), sin)
 
 
 def attention(
@@ -149,12 +161,15 @@ def attention(
     """Causal self-attention of x (B, T, C); with a cache, x continues the positions cached."""
     b, t, c = x.shape
     qkv = ops.qkv(x) if cache is None else ops.qkv(x).to(cache.dtype)
-    # (B, T, 3C) -> three (B, H, T, head_size)
-    q, k, v = qkv.view(b, t, 3, cfg.n_head, cfg.head_size).permute(2, 0, 3, 1, 4).unbind(0)
+    qkv = qkv.view(b, t, 3, cfg.n_head, cfg.head_size)
+    qk, v = qkv[:, :, :2], qkv[:, :, 2]  # queries and keys are normalised and rotated together
     if cfg.qk_norm:
-        q, k = F.rms_norm(q, (cfg.head_size,)), F.rms_norm(k, (cfg.head_size,))
+        qk = F.rms_norm(qk, (cfg.head_size,))
     if rope is not None:
-        q, k = rotate(q, rope), rotate(k, rope)
+        qk = rotate(qk, rope)
+    # -> (B, H, T, head_size) each
+    q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)
+    v = v.transpose(1, 2)
     if cache is not None:
         k, v = cache.update(layer, k, v)  # the keys and values of every position so far
     y = attend(q, k, v, cfg.attn_dropout if training else 0.0).to(x.dtype)
@@ -239,10 +254,10 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight  # one matrix reads and writes characters
         if cfg.pos_emb == "rope":  # cos and sin of every position of the block, computed once
-            freqs = cfg.rope_base ** -(torch.arange(0, cfg.head_size, 2, dtype=torch.float64) / cfg.head_size)
-            angles = torch.outer(torch.arange(cfg.block_size, dtype=torch.float64), freqs)
-            self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
-            self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+            cos, sin = rope_angles(cfg.rope_base, cfg.head_size, 0, cfg.block_size)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self._rope_past: tuple[int, torch.Tensor, torch.Tensor] | None = None  # see rope()
 
         # GPT-2 init: N(0, 0.02), and residual projections scaled by 1/sqrt(2 * n_layer) so the
         # residual stream's variance does not grow with depth (or zero: each block starts as x -> x).
@@ -284,15 +299,24 @@ class GPT(nn.Module):
         return 6 * matmul + 12 * cfg.n_layer * cfg.n_embd * t
 
     def rope(self, start: int, t: int) -> Rope | None:
-        """cos, sin of positions start .. start+t-1 (beyond the block: computed here, in float64)."""
+        """cos, sin of positions start .. start+t-1. Past the block (sampling with a rolling cache)
+        they are computed ROPE_PAST positions at a time and kept, not once per character."""
         if self.config.pos_emb != "rope":
             return None
         if start + t <= self.config.block_size:
-            return self.rope_cos[start : start + t], self.rope_sin[start : start + t]
-        hd, device = self.config.head_size, self.rope_cos.device
-        freqs = self.config.rope_base ** -(torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd)
-        angles = torch.outer(torch.arange(start, start + t, dtype=torch.float64, device=device), freqs)
-        return angles.cos().float(), angles.sin().float()
+            cos, sin = self.rope_cos[start : start + t], self.rope_sin[start : start + t]
+            return cos[:, None, None], sin[:, None, None]
+        past = self._rope_past
+        if (
+            past is None
+            or not past[0] <= start <= start + t <= past[0] + len(past[1])
+            or past[1].device != self.rope_cos.device
+        ):
+            cfg = self.config
+            past = (start, *rope_angles(cfg.rope_base, cfg.head_size, start, max(t, ROPE_PAST), self.rope_cos.device))
+            self._rope_past = past
+        i = start - past[0]
+        return past[1][i : i + t, None, None], past[2][i : i + t, None, None]
 
     def forward(
         self,

@@ -63,7 +63,7 @@ class TrainerConfig(Options):
         "elsewhere); master weights stay float32 either way",
     )
     strategy: Any = option("auto", "auto | ddp | ddp_spawn | fsdp | a strategy config (trainer=ddp, fsdp)")
-    max_steps: int = option(5000, "optimizer steps to train for; -1: by max_epochs", ge=-1)
+    max_steps: int = option(3000, "optimizer steps to train for; -1: by max_epochs", ge=-1)
     max_epochs: int | None = option(-1, "epochs of data.batches_per_epoch batches; -1: by max_steps", ge=-1)
     max_time: Any = option(None, "stop after this much wall time, e.g. 00:00:10:00 (DD:HH:MM:SS); null: no limit")
     val_check_interval: Any = option(500, "validate every N training steps (an integer >= 1)")

@@ -27,7 +27,7 @@ class OptimConfig(Options):
 
     KEY = "optim"
     algorithm: str = option(
-        "adamw", "adamw | muon (Muon on the blocks' matrices, AdamW on the rest)", choices=("adamw", "muon")
+        "muon", "adamw | muon (Muon on the blocks' matrices, AdamW on the rest)", choices=("adamw", "muon")
     )
     lr: float = option(2e-3, "peak learning rate of AdamW, reached after warmup", gt=0, le=10)
     min_lr: float = option(
@@ -38,13 +38,13 @@ class OptimConfig(Options):
     eps: float = option(1e-8, "AdamW's epsilon", gt=0, le=1)
     muon_lr: float = option(0.02, "muon: peak learning rate of Muon", gt=0, le=10)
     muon_momentum: float = option(0.95, "muon: momentum", ge=0, lt=1)
-    muon_weight_decay: float = option(0.0, "muon: decoupled weight decay of the blocks' matrices", ge=0, le=10)
+    muon_weight_decay: float = option(0.05, "muon: decoupled weight decay of the blocks' matrices", ge=0, le=10)
     schedule: str = option(
-        "cosine",
+        "wsd",
         "cosine (decay from the peak to min_lr over the run) | wsd (warmup, stable, then a linear warm-down to min_lr)",
         choices=("cosine", "wsd"),
     )
-    warmup_steps: int = option(200, "steps of linear warmup from lr/(warmup_steps+1) to lr", ge=0)
+    warmup_steps: int = option(100, "steps of linear warmup from lr/(warmup_steps+1) to lr", ge=0)
     warmdown_fraction: float = option(0.2, "wsd: the fraction of the run spent warming down", gt=0, le=1)
     decay_steps: int | None = option(
         None, "step at which the decay reaches min_lr; null: the run's last step (trainer.max_steps)", ge=1
