@@ -357,6 +357,20 @@ def test_multirun_with_plain_ddp_fails_early_with_advice(tmp_path, corpus):
     assert not list(sweep.rglob("*.ckpt")) and not (sweep / "1").exists()  # stopped before any training
 
 
+def test_the_ema_callback_survives_pickling_for_ddp_spawn():
+    """ddp_spawn pickles the callbacks; Lightning's EMA holds a local function, ours rebuilds itself."""
+    import pickle
+
+    from lit_gpt_char.training.callbacks import PicklableEMA
+
+    ema = PicklableEMA(decay=0.9, update_starting_at_step=3)
+    copy = pickle.loads(pickle.dumps(ema))
+    assert type(copy) is PicklableEMA and copy._init_kwargs == {"decay": 0.9, "update_starting_at_step": 3}
+    assert copy.should_update(step_idx=3) and not copy.should_update(step_idx=2)
+    a, b = torch.zeros(2), torch.ones(2)
+    assert torch.allclose(copy._kwargs["avg_fn"](a, b, 1), ema._kwargs["avg_fn"](a, b, 1))
+
+
 @pytest.mark.slow
 def test_multirun_with_ddp_spawn(tmp_path, corpus):
     """What the error above advises: a local sweep of 2-process jobs."""

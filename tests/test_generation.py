@@ -227,10 +227,11 @@ def test_int8_weights_stay_close_to_float32(trained_run):
 
 
 @pytest.mark.slow
-def test_compiled_decoder_matches_eager():
+@pytest.mark.parametrize("options", [{}, DEFAULT_PARTS], ids=["gpt2", "default"])
+def test_compiled_decoder_matches_eager(options):
     """compile=True (torch.compile of GPT.forward, dynamic shapes) writes the same greedy text,
-    past the block size (so through re-prefills) and for two calls in a row (no recompiles)."""
-    m = model(block_size=16)
+    past the block size (so through re-prefills, or the rolling cache) and for two calls in a row."""
+    m = model(block_size=16, **options)
     prompt = torch.randint(0, 13, (2, 3))
     eager = generate(m, prompt, 40, temperature=0)
     for _ in range(2):

@@ -299,13 +299,19 @@ class GPT(nn.Module):
         return 6 * matmul + 12 * cfg.n_layer * cfg.n_embd * t
 
     def rope(self, start: int, t: int) -> Rope | None:
-        """cos, sin of positions start .. start+t-1. Past the block (sampling with a rolling cache)
-        they are computed ROPE_PAST positions at a time and kept, not once per character."""
+        """The rotation tables of positions start .. start+t-1, shaped to broadcast over (B, T, 2, H, hd)."""
         if self.config.pos_emb != "rope":
             return None
         if start + t <= self.config.block_size:
             cos, sin = self.rope_cos[start : start + t], self.rope_sin[start : start + t]
-            return cos[:, None, None], sin[:, None, None]
+        else:
+            cos, sin = self._rope_past_block(start, t)
+        return cos[:, None, None], sin[:, None, None]
+
+    @torch.compiler.disable  # a Python-side cache: a compiled decode step calls it as it is
+    def _rope_past_block(self, start: int, t: int) -> Rope:
+        """Tables past the block (sampling with a rolling cache): computed ROPE_PAST positions at a
+        time and kept, not once per character."""
         past = self._rope_past
         if (
             past is None
@@ -316,7 +322,7 @@ class GPT(nn.Module):
             past = (start, *rope_angles(cfg.rope_base, cfg.head_size, start, max(t, ROPE_PAST), self.rope_cos.device))
             self._rope_past = past
         i = start - past[0]
-        return past[1][i : i + t, None, None], past[2][i : i + t, None, None]
+        return past[1][i : i + t], past[2][i : i + t]
 
     def forward(
         self,

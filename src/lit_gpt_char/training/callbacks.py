@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, WeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
@@ -200,6 +200,24 @@ class StopOnNonFiniteLoss(L.Callback):
             f"{what} loss is {value} at step {trainer.global_step}; {good}. "
             "Lower optim.lr, raise optim.warmup_steps, or keep trainer.gradient_clip_val set."
         )
+
+
+class PicklableEMA(EMAWeightAveraging):
+    """Lightning's EMAWeightAveraging (callbacks.ema), as it is, but picklable: ddp_spawn sends the
+    callbacks to its worker processes, and the parent class holds a local function (torch's
+    get_ema_avg_fn). A copy is the callback built again from the same arguments, which is all
+    there is before training starts (the average itself is made in the workers)."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._init_kwargs = kwargs
+
+    def __reduce__(self) -> tuple:
+        return _rebuild, (type(self), self._init_kwargs)
+
+
+def _rebuild(cls: type, kwargs: dict) -> L.Callback:
+    return cls(**kwargs)
 
 
 @dataclass

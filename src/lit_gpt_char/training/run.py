@@ -20,7 +20,8 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -304,6 +305,11 @@ def train(cfg: DictConfig, plan: Plan) -> float | None:
         callbacks.append(LogHyperparams(hyperparameters_of(settings)))
     choose_main_port(cfg.trainer)
     trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    if isinstance(trainer.strategy, FSDPStrategy) and any(isinstance(c, WeightAveraging) for c in callbacks):
+        raise UserError(
+            "callbacks.ema: Lightning's weight averaging keeps a whole copy of the model and cannot "
+            "average one sharded by trainer=fsdp: add callbacks.ema=null"
+        )
 
     datamodule = plan.datamodule
     datamodule.tokenizer_path = str(out / "tokenizer.json")
