@@ -283,6 +283,9 @@ BAD_TRAIN = [
     ("callbacks.generate_samples.temperature=hot", "callbacks.generate_samples.temperature=hot"),
     ("callbacks.plot_curves.smoothing=2", "callbacks.plot_curves.smoothing=2"),
     ("callbacks.model_checkpoint.mode=up", "callbacks.model_checkpoint: `mode` can be min, max but got up"),
+    ("callbacks.ema.decay=nan", "callbacks.ema.decay=nan: must be a number in [0, 1]"),
+    ("callbacks.ema.decay=2", "callbacks.ema.decay=2: must be a number in [0, 1]"),
+    ("model.n_embd=30 model.n_head=2", "model.pos_emb=rope: needs an even head size"),
     (
         "experiment=nonexistent",
         "experiment=nonexistent: no such option: the choices are enwik8, gpt2, nanogpt, seed, text8",

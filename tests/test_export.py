@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from lit_gpt_char import export as export_cli
 from lit_gpt_char import sample
 from lit_gpt_char.core.checkpoint import (
+    LEGACY_PARTS,
     Loaded,
     export,
     load_any,
@@ -75,6 +76,7 @@ def test_a_tied_head_is_stored_once_and_comes_back_tied(tmp_path):
     idx = torch.randint(0, 5, (2, 8))
     assert (logits(back, idx) - model.eval()(idx)[0]).abs().max() <= 1e-6
     # An export from before config.json (GPT-2's parts): the sizes are read off the weights, n_head given.
+    assert LEGACY_PARTS == GPT2_PARTS  # the format's parts are conf/model/gpt2.yaml's
     (tmp_path / "out" / "config.json").unlink()
     legacy = load_exported(tmp_path / "out" / "model.safetensors", tmp_path / "out" / "tokenizer.json", n_head=2)
     assert legacy.config == model.config and (logits(legacy, idx) - logits(back, idx)).abs().max() == 0

@@ -27,7 +27,7 @@ from lit_gpt_char.core.ops import attend, dropout
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.options import Options, option
 
-ROPE_PAST = 1024  # positions past the block whose rotations are computed at once when sampling on
+ROPE_PAST = 1024  # rotations computed at a time for positions past the block (sampling with a rolling cache)
 
 
 @dataclass
@@ -78,7 +78,8 @@ class GPTConfig(Options):
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
             raise UserError(
                 f"model.pos_emb=rope: needs an even head size, but model.n_embd={self.n_embd} / "
-                f"model.n_head={self.n_head} = {self.n_embd // self.n_head}"
+                f"model.n_head={self.n_head} = {self.n_embd // self.n_head}: choose sizes with an even "
+                "quotient, or model.pos_emb=learned"
             )
         if self.attn_dropout is None:
             self.attn_dropout = self.dropout

@@ -5,6 +5,7 @@ Lightning's stock callbacks are configured in conf/callbacks/ as they are.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import signal
@@ -203,21 +204,23 @@ class StopOnNonFiniteLoss(L.Callback):
 
 
 class PicklableEMA(EMAWeightAveraging):
-    """Lightning's EMAWeightAveraging (callbacks.ema), as it is, but picklable: ddp_spawn sends the
-    callbacks to its worker processes, and the parent class holds a local function (torch's
-    get_ema_avg_fn). A copy is the callback built again from the same arguments, which is all
-    there is before training starts (the average itself is made in the workers)."""
+    """Lightning's EMAWeightAveraging (callbacks.ema) with its decay checked, and picklable: ddp_spawn
+    sends the callbacks to its worker processes, and the parent class holds a local function
+    (torch's get_ema_avg_fn). A copy is the callback built again from the same arguments, which is
+    all there is before training starts (the average itself is made in the workers)."""
 
     def __init__(self, **kwargs: Any):
+        decay = kwargs.get("decay", 0.999)
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay <= 1:
+            raise UserError(
+                f"callbacks.ema.decay={decay}: must be a number in [0, 1], the old average's weight at each "
+                "step (about 1 - 1/steps of memory, e.g. 0.99)"
+            )
         super().__init__(**kwargs)
         self._init_kwargs = kwargs
 
     def __reduce__(self) -> tuple:
-        return _rebuild, (type(self), self._init_kwargs)
-
-
-def _rebuild(cls: type, kwargs: dict) -> L.Callback:
-    return cls(**kwargs)
+        return functools.partial(type(self), **self._init_kwargs), ()
 
 
 @dataclass
