@@ -274,7 +274,6 @@ BAD_TRAIN = [
     ("trainer.max_steps=0", "trainer.max_steps=0"),
     ("trainer.max_steps=abc", "trainer.max_steps=abc: must be an integer >= -1"),
     ("trainer.precision=fp8", "trainer.precision=fp8: must be one of"),
-    ("trainer.val_check_interval=500", "trainer.val_check_interval=500: must be <= trainer.max_steps=3"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1"),
     ("seed=99999999999", "seed=99999999999: must be an integer in [0, 4294967295]"),
     ("seed=-3", "seed=-3"),

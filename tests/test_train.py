@@ -75,27 +75,27 @@ def test_train_end_to_end(tmp_path, corpus):
     )  # a tied head counted once (the default's is untied)
 
 
-def test_multirun_two_jobs(tmp_path, corpus):
+def test_multirun_two_jobs_validate_their_last_step(tmp_path, corpus):
+    """Two jobs of a sweep; neither max_steps is a multiple of val_check_interval, and one is below it:
+    each validates at the interval where it fits and always at its last step (a short try just works)."""
     sweep = tmp_path / "sweep"
     r = run_cli(
         "train",
         "-m",
         *TINY,
         f"data.path={corpus}",
-        "trainer.max_steps=10",
-        "trainer.val_check_interval=10",
+        "trainer.max_steps=3,13",
+        "trainer.val_check_interval=5",
         "data.val_max_batches=2",
-        "model.n_layer=1,2",
         f"hydra.sweep.dir={sweep}",
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    for job in ("0", "1"):
-        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+    for job, steps, validated in (("0", 3, [3]), ("1", 13, [5, 10, 13])):
         assert (sweep / job / "tokenizer.json").is_file()
-    n_layers = {
-        torch.load(sweep / j / "checkpoints" / "last.ckpt", weights_only=True)["model_config"]["n_layer"] for j in "01"
-    }
-    assert n_layers == {1, 2}
+        assert torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps
+        logged = scalars(sweep / job)["val/loss"]  # at the index of the last batch: step - 1
+        assert [s + 1 for s, _ in logged] == validated, job
+        assert list((sweep / job / "checkpoints").glob(f"best-step{steps:06d}-*.ckpt")), job
 
 
 def test_configs_found_from_an_installed_wheel(tmp_path):

@@ -66,7 +66,9 @@ class TrainerConfig(Options):
     max_steps: int = option(3000, "optimizer steps to train for; -1: by max_epochs", ge=-1)
     max_epochs: int | None = option(-1, "epochs of data.batches_per_epoch batches; -1: by max_steps", ge=-1)
     max_time: Any = option(None, "stop after this much wall time, e.g. 00:00:10:00 (DD:HH:MM:SS); null: no limit")
-    val_check_interval: Any = option(500, "validate every N training steps (an integer >= 1)")
+    val_check_interval: Any = option(
+        500, "validate every N training steps (an integer >= 1); the last step is always validated"
+    )
     check_val_every_n_epoch: int | None = option(None, "null: count val_check_interval over the whole run", ge=1)
     limit_train_batches: Any = option(None, "train on N batches (or a fraction) per epoch; null: all")
     limit_val_batches: Any = option(None, "validate on N batches (or a fraction); 0: no validation; null: all")
@@ -124,18 +126,6 @@ class TrainerConfig(Options):
                 or (isinstance(lim, float) and lim > 1)
             ):
                 raise UserError(f"trainer.{name}={lim}: must be null, an integer >= 0 or a fraction in [0, 1]")
-        if (
-            isinstance(v, int)
-            and self.max_steps > 0
-            and v > self.max_steps
-            and not self.fast_dev_run
-            and self.limit_val_batches != 0
-        ):
-            raise UserError(
-                f"trainer.val_check_interval={v}: must be <= trainer.max_steps={self.max_steps}, or no "
-                f"validation would run: e.g. trainer.val_check_interval={self.max_steps} (or "
-                "trainer.limit_val_batches=0 to train without validation)"
-            )
 
 
 @dataclass

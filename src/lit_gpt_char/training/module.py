@@ -138,6 +138,10 @@ class LitGPT(L.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics(rate, step=self.global_step - 1)
             self._t_last, self._tokens = now, 0
+        # The last step is always validated (and so checkpointed as best/last), whether or not max_steps is a
+        # multiple of val_check_interval: Lightning runs a validation for a run that asks to stop.
+        if 0 < self.trainer.max_steps <= self.trainer.global_step:
+            self.trainer.should_stop = True
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = torch.zeros((len(VAL_TAGS), 2), dtype=torch.float64, device=self.device)
