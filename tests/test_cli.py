@@ -142,3 +142,16 @@ def test_a_progress_bar_on_stderr_when_the_text_goes_to_a_file(trained_run, tmp_
     assert "%|" not in capsys.readouterr().err
     assert run_main(sample.main, f"ckpt={trained_run}", "max_new_tokens=40", "stream=true", "precision=32") == 0
     assert "%|" not in capsys.readouterr().err
+
+
+GRAMMAR = [(sample.main, "prompt=一"), (sample.main, "prompt=ROMEO: (aside)"), (train.main, "data.path=my corpus[1].txt")]
+
+
+@pytest.mark.parametrize("main, override", GRAMMAR, ids=[o for _, o in GRAMMAR])
+def test_an_override_hydra_cannot_read_is_one_line_saying_how_to_quote(main, override, capsys, tmp_path):
+    assert run_main(main, "ckpt=" + str(tmp_path / "none"), override) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {override}: Hydra cannot read") and len(err.strip().splitlines()) == 1, err
+    quoted = err.split("e.g. ")[1].strip().strip('"')  # what the user is told to type, less the shell's quotes
+    assert run_main(main, "ckpt=" + str(tmp_path / "none"), quoted) == 2  # now read: the next complaint is another
+    assert "Hydra cannot read" not in capsys.readouterr().err

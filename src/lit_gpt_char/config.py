@@ -57,6 +57,9 @@ def options(cfg: Any, cls: type[T]) -> T:
 # --- Hydra's errors as one line --------------------------------------------------------------------------------
 def config_error_message(e: BaseException) -> str:
     """One line for an error Hydra or OmegaConf raised while reading the command line or the config."""
+    override = getattr(e, "override", None)  # hydra.errors.OverrideParseException: the grammar refused it
+    if isinstance(override, str):
+        return grammar_error_message(override)
     cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
     text = str(e).strip()
     if isinstance(cause, OmegaConfBaseException):
@@ -88,6 +91,19 @@ def config_error_message(e: BaseException) -> str:
         return f"{group}={name}: no such option{more}" if group else f"{where}: not found{more}"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return "; ".join(lines[:3]) if lines else type(e).__name__
+
+
+def grammar_error_message(override: str) -> str:
+    """One line for an argument Hydra's override grammar cannot read (characters outside its plain
+    values, such as non-ASCII letters, spaces or brackets): how to quote it."""
+    key, sep, value = override.partition("=")
+    if not sep:
+        return f"{override}: not an override: write key=value (a new key: +key=value)"
+    inner = value.replace("\\", "\\\\").replace("'", "\\'")
+    return (
+        f"{override}: Hydra cannot read this value unquoted: quote it for Hydra inside quotes for the shell, "
+        f"e.g. \"{key}='{inner}'\""
+    )
 
 
 def _override_value(text: str, key: str) -> str | None:
