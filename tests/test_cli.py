@@ -144,7 +144,11 @@ def test_a_progress_bar_on_stderr_when_the_text_goes_to_a_file(trained_run, tmp_
     assert "%|" not in capsys.readouterr().err
 
 
-GRAMMAR = [(sample.main, "prompt=一"), (sample.main, "prompt=ROMEO: (aside)"), (train.main, "data.path=my corpus[1].txt")]
+GRAMMAR = [
+    (sample.main, "prompt=一"),
+    (sample.main, "prompt=ROMEO: (aside)"),
+    (train.main, "data.path=my corpus[1].txt"),
+]
 
 
 @pytest.mark.parametrize("main, override", GRAMMAR, ids=[o for _, o in GRAMMAR])

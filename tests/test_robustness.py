@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -260,10 +261,23 @@ def test_disk_full_during_a_save_is_one_line_and_loses_nothing(tmp_path, corpus,
     run = tmp_path / "run"
     real_save, saves = torch.save, []
 
+    class FullDisk(io.RawIOBase):  # a file whose disk fills after 1,000 bytes: torch's own writer meets it
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.n += len(data)
+            if self.n > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
     def save(obj, f, *args, **kwargs):
         saves.append(1)
         if len(saves) > 2:  # the first validation's checkpoints go through; the next ones find the disk full
-            raise OSError(errno.ENOSPC, "No space left on device")
+            f = FullDisk(f)
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(ckpt_files.torch, "save", save)
@@ -282,6 +296,39 @@ def test_disk_full_during_a_save_is_one_line_and_loses_nothing(tmp_path, corpus,
     assert ("No space left on device" in errors[0] and "is intact" in errors[0]) or "last good checkpoint" in errors[0]
     monkeypatch.setattr(ckpt_files.torch, "save", real_save)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # no half file left
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+
+
+def file_size_limit(limit: int):
+    """A child's preexec_fn: a real write limit (the kernel refuses a file past `limit` bytes with EFBIG,
+    as a full disk refuses with ENOSPC), whoever writes: torch's zip writer, TensorBoard's thread, matplotlib."""
+    import resource
+
+    def limit_writes():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_writes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit", [30_000, 60_000], ids=["the checkpoint fails", "the logger's thread fails"])
+def test_a_real_write_limit_is_one_line(limit, tmp_path, corpus):
+    run = tmp_path / "run"
+    args = [*TINY, f"data.path={corpus}", "trainer.max_steps=20", "trainer.val_check_interval=5"]
+    r = subprocess.run(
+        [sys.executable, "-m", "lit_gpt_char.train", *args, f"hydra.run.dir={run}"],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=file_size_limit(limit),
+    )
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "File too large" in errors[0] and ("checkpoint" in errors[0]), errors[0]
     assert not list((run / "checkpoints").glob(".*.tmp"))  # no half file left
     assert json.loads((run / "status.json").read_text())["status"] == "failed"
 

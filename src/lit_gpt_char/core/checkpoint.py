@@ -82,8 +82,19 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save(obj, path), atomically (see _atomic_write)."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save(obj, path), atomically (see _atomic_write). A write that fails (a full disk, a quota, a
+    file-size limit) raises its OSError, not the RuntimeError torch's zip writer wraps it in."""
+
+    def write(f: IO[bytes]) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            cause = e.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise
+
+    _atomic_write(path, write)
 
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> None:

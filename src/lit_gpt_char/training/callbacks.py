@@ -5,6 +5,7 @@ Lightning's stock callbacks are configured in conf/callbacks/ as they are.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
@@ -47,17 +48,43 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             atomic_save(checkpoint, path)
         except OSError as e:  # a full disk, a quota, a read-only mount: the user's to fix, and nothing is lost
-            path = Path(path)
-            others = sorted(path.parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-            good = (
-                f"the previous {path} is intact"
-                if path.is_file()
-                else (f"the last good checkpoint is {others[-1]}" if others else "no checkpoint was saved before")
-            )
-            raise UserError(
-                f"could not save the checkpoint {path}: {e.strerror or e}: {good}. Free disk space (or "
-                "fix the directory's permissions), then resume from it with ckpt_path=..."
-            ) from None
+            raise write_failed(e, Path(path)) from None
+
+
+# Errors of a write that the user can fix (and that lose nothing: every write of a run is atomic or appends).
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_failed(e: OSError, path: Path, checkpoints: Path | None = None) -> UserError:
+    """The one line for a run's write that failed: what, why, and the last good checkpoint to resume from
+    (in `checkpoints`, by default path's directory)."""
+    folder = checkpoints or path.parent
+    saved = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    if path.suffix == ".ckpt" and path.is_file():
+        good = f"the previous {path} is intact"
+    else:
+        good = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was saved before"
+    what = f"the checkpoint {path}" if path.suffix == ".ckpt" else (f"{path}" if path.is_file() else f"into {path}")
+    return UserError(
+        f"could not write {what}: {e.strerror or e}: {good}. Free disk space (or fix the directory's "
+        "permissions), then resume with ckpt_path=..."
+    )
+
+
+def quiet_write_errors_in_threads() -> None:
+    """A logger's writer thread (TensorBoard's) that meets a full disk would print its traceback and die;
+    the main thread fails on its next write to that logger and says it in one line, so the thread's
+    traceback is dropped. Any other error of a thread still prints."""
+    if getattr(threading.excepthook, "quiet_write_errors", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in WRITE_ERRORS):
+            previous(args)
+
+    hook.quiet_write_errors = True
+    threading.excepthook = hook
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> str | None:
@@ -329,7 +356,8 @@ class PlotCurves(L.Callback):
         try:
             self.draw(trainer)
         except Exception as e:  # never hide the exception that ended the run
-            rank_zero_warn(f"PlotCurves: could not draw the plots of the failed run: {e}")
+            if not (isinstance(e, OSError) and e.errno in WRITE_ERRORS):  # a full disk: the run's error says it
+                rank_zero_warn(f"PlotCurves: could not draw the plots of the failed run: {e}")
 
     @rank_zero_only
     def draw(self, trainer: L.Trainer) -> list[Path]:

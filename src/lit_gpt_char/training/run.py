@@ -34,7 +34,13 @@ from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError, find_user_error, in_multirun
 from lit_gpt_char.results.status import RunRecord, update_status
 from lit_gpt_char.training import rundir
-from lit_gpt_char.training.callbacks import PlotCurves, SaveOnInterrupt
+from lit_gpt_char.training.callbacks import (
+    WRITE_ERRORS,
+    PlotCurves,
+    SaveOnInterrupt,
+    quiet_write_errors_in_threads,
+    write_failed,
+)
 from lit_gpt_char.training.config import PathsConfig, TrainConfig, TrainerConfig
 from lit_gpt_char.training.data import DataConfig, TextDataModule
 from lit_gpt_char.training.distributed import best_model_score, check_launch, choose_main_port, effective_batch
@@ -322,14 +328,20 @@ def train(cfg: DictConfig, plan: Plan) -> float | None:
         log.info(effective_batch(trainer, settings.data.batch_size, settings.model.block_size))
 
     ckpt_path = str(resume.path) if resume is not None else None
+    ckpt = trainer.checkpoint_callback
+    quiet_write_errors_in_threads()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        whole = validate_whole_split(trainer, module, datamodule)
     except SIGTERMException:  # a clean stop between steps; SaveOnInterrupt saved last.ckpt, said how to resume
         stopped_by = next((c.stopped_by for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None)
         sys.exit(1 if stopped_by == "Ctrl-C" else 143)
-    ckpt = trainer.checkpoint_callback
+    except OSError as e:  # a plot, a sample, a log that a full disk (or a quota, a permission) refused
+        if e.errno not in WRITE_ERRORS:
+            raise
+        folder = Path(ckpt.dirpath) if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath else out / "checkpoints"
+        raise write_failed(e, Path(e.filename or out), folder) from None
     best = best_model_score(trainer)
-    whole = validate_whole_split(trainer, module, datamodule)
     if trainer.is_global_zero:
         print(f"Run directory:   {out}")
         if ckpt is not None and ckpt.best_model_path:
