@@ -126,3 +126,23 @@ def test_every_logger_gets_samples_curves_and_hparams(corpus, tmp_path, wandb_ho
     records = next(offline.glob("run-*.wandb")).read_bytes()
     for key in (b"model/n_layer", b"optim/lr", loggers.BEST_METRIC.encode(), b"val/loss"):
         assert key in records, key
+
+    # Resumed to train longer (the usual reason to resume): every logger takes the changed max_steps.
+    r = run_cli(
+        "train",
+        *TINY,
+        f"data.path={corpus}",
+        "trainer.max_steps=30",
+        "trainer.val_check_interval=10",
+        "logger=all",
+        f"paths.log_dir={log_dir}",
+        f"hydra.run.dir={tmp_path / 'unused'}",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        env=OFFLINE,
+        timeout=240,
+    )
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])  # the same MLflow run
+    assert run.data.params["trainer/max_steps"] == "20" and run.data.params["trainer/max_steps/resume1"] == "30"
+    assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 3
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 2  # wandb: one more offline segment of its run

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import lightning as L
+from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -36,6 +37,7 @@ from lit_gpt_char.training.distributed import best_model_score
 EXTRA = 'pip install -e ".[loggers]"'
 BEST_METRIC = "hp/best_val_loss"  # the metric the hyperparameters are compared by
 MLFLOW_RUN_ID_FILE = "mlflow_run_id"  # in the run directory: a resumed run continues its MLflow run
+MLFLOW_PARAM_CHARS = 250  # what Lightning's MLFlowLogger keeps of a param's value
 
 
 def _require(module: str, logger: str) -> None:
@@ -123,9 +125,30 @@ class MLflowRunLogger(MLFlowLogger):
     def log_hyperparams(self, params: Any) -> None:
         # Lightning's first call of the fit creates the MLflow store and run: remember the run.
         Path(self._id_file).parent.mkdir(parents=True, exist_ok=True)
+        params = _flatten_dict(_convert_params(params))
+        if self._id_file.is_file():  # a resumed run, maybe with changed options (a longer max_steps)
+            params = resumed_params(params, self.experiment.get_run(self.run_id).data.params)
         super().log_hyperparams(params)
         if self.run_id is not None and not self._id_file.is_file():
             self._id_file.write_text(self.run_id)
+
+
+def resumed_params(params: Mapping[str, Any], logged: Mapping[str, str]) -> dict[str, Any]:
+    """What a resumed run logs to its MLflow run, which refuses to change a logged param: the new keys as
+    they are, each changed value under `<key>/resumeN` (N: the first free), the unchanged ones not again."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        text = str(value)[:MLFLOW_PARAM_CHARS]
+        if key not in logged:
+            out[key] = value
+            continue
+        n, name = 0, key
+        while name in logged and logged[name] != text:
+            n += 1
+            name = f"{key}/resume{n}"
+        if name not in logged:
+            out[name] = value
+    return out
 
 
 # --- what every logger receives ------------------------------------------------------------------------------
