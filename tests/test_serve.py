@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 # Decoding a tiny model one character at a time: on a busy 2-core machine, two torch threads spend their
 # time waiting for each other (20x slower here), so the server and the reference text use one each.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+MAX_CHARS = "max_chars=1000000"  # generations long enough (minutes) that only a stop that works ends them in time
 
 
 def reference(trained_run: Path, prompt: str, **options) -> str:
@@ -50,7 +52,7 @@ def server(trained_run, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "stderr.txt"
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lit_gpt_char.serve", f"ckpt={trained_run}", "port=0", "precision=32"],
+            [sys.executable, "-m", "lit_gpt_char.serve", f"ckpt={trained_run}", "port=0", "precision=32", MAX_CHARS],
             cwd=REPO,
             env=clean_env(ONE_THREAD),
             stdout=subprocess.DEVNULL,
@@ -65,9 +67,10 @@ def server(trained_run, tmp_path_factory):
         assert url.startswith("http://127.0.0.1:"), url  # never more than this machine
         yield url
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # after every test of the module: clients that left, stalled, sent junk
         try:
             assert proc.wait(timeout=20) == 0, log.read_text()
+            assert "Traceback" not in log.read_text(), log.read_text()
         finally:
             proc.kill()
 
@@ -145,7 +148,7 @@ BAD_ON_THE_PAGE = [
     ({"temperature": "hot"}, "temperature=hot: must be a number in [0, 10000]"),
     ({"max_new_tokens": "2.5"}, "max_new_tokens=2.5: must be an integer in [0, 100000000]"),
     ({"top_p": "0"}, "top_p=0: must be null or a number in (0, 1]"),
-    ({"max_new_tokens": "1e9"}, "max_new_tokens=1000000000: must be at most 10000 here"),
+    ({"max_new_tokens": "1e9"}, "max_new_tokens=1000000000: must be at most 1000000 here"),
     ({"prompt": "the kingé"}, "not in the model's vocabulary: 'é'"),
 ]
 
@@ -193,6 +196,9 @@ BAD_REQUESTS = [
     (b'{"prompt": "a", "on_unknown": "ignore"}', "on_unknown=ignore: must be one of error, skip"),
     (b'{"prompt": "a", "temperature": null}', "temperature=null: must be a number"),
     (b'{"prompt": "' + b"a" * 1_000_001 + b'"}', "at most 1000000"),
+    (b"[" * 100_000 + b"]" * 100_000, "the request body is not JSON (or is nested too deeply)"),
+    (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+    (b"\xff\xfe", "the request body is not JSON"),
 ]
 
 
@@ -205,7 +211,7 @@ def test_bad_requests_get_a_400_and_one_line(body, message, server):
 def test_info_and_a_plain_request(server, trained_run):
     with urllib.request.urlopen(f"{server}/info", timeout=30) as r:
         info = json.loads(r.read())
-    assert info["facts"]["step"] == 200 and info["facts"]["block_size"] == 32 and info["max_chars"] == 10_000
+    assert info["facts"]["step"] == 200 and info["facts"]["block_size"] == 32 and info["max_chars"] == 1_000_000
     assert info["facts"]["params"] == load_generator(trained_run, device="cpu").num_params
     status, text = post(server, json.dumps({"prompt": "the king", "max_new_tokens": 50, "seed": 3}).encode())
     assert status == 200 and text == reference(trained_run, "the king", max_new_tokens=50, seed=3)
@@ -231,3 +237,97 @@ def test_help_lists_the_serve_options(capsys):
     for key in ("ckpt=???", "host=127.0.0.1", "port=8000", "max_chars=10000", "precision=auto"):
         assert key in out, key
     assert "trainer" not in out and "optim" not in out
+
+
+def test_the_pages_stop_frees_the_server_for_the_next_generation(server, browser, trained_run):
+    browser.get(server)
+    wait_for(lambda: browser.find_element("id", "temperature").get_attribute("value"))
+    fill(browser, prompt="the king", max_new_tokens=1_000_000, seed=7, top_k=20)  # minutes, unless stopped
+    browser.find_element("id", "generate").click()
+    wait_for(lambda: int(browser.find_element("id", "output").get_attribute("data-chunks") or 0) > 2, timeout=30)
+    browser.find_element("id", "stop").click()
+    wait_for(lambda: browser.execute_script("return document.getElementById('output').dataset.done") == "true")
+    assert browser.find_element("id", "status").text == "stopped"
+
+    fill(browser, max_new_tokens=30)
+    started = time.time()
+    browser.find_element("id", "generate").click()
+    wait_for(lambda: browser.execute_script("return document.getElementById('output').dataset.done") == "true", 15)
+    assert time.time() - started < 10  # not after the stopped generation's minutes
+    text = browser.execute_script("return document.getElementById('output').textContent")
+    assert text == reference(trained_run, "the king", max_new_tokens=30, seed=7, top_k=20)
+
+
+def raw_request(url: str, body: bytes, send_body: bool = True) -> socket.socket:
+    """A client on a bare socket: a POST /generate whose body it may never send."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    head = f"POST /generate HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    sock.sendall(head + (body if send_body else b""))
+    return sock
+
+
+def test_a_client_that_leaves_mid_stream_frees_the_server(server, trained_run):
+    for _ in range(3):  # and again: each time the model is free at once
+        sock = raw_request(server, json.dumps({"prompt": "the king", "max_new_tokens": 1_000_000}).encode())
+        received = b""
+        while received.count(b"\r\n") < 12:  # the headers and a few chunks of text
+            received += sock.recv(4096)
+        assert received.startswith(b"HTTP/1.1 200"), received[:200]
+        sock.close()  # as curl ... | head -c 100 does
+        started = time.time()
+        status, text = post(server, json.dumps({"prompt": "the king", "max_new_tokens": 20, "seed": 1}).encode())
+        assert status == 200 and text == reference(trained_run, "the king", max_new_tokens=20, seed=1)
+        assert time.time() - started < 5
+
+
+def test_a_client_that_sends_headers_and_waits_blocks_nobody(server):
+    waiting = raw_request(server, json.dumps({"prompt": "a", "max_new_tokens": 5}).encode(), send_body=False)
+    try:
+        started = time.time()
+        status, _ = post(server, json.dumps({"prompt": "the king", "max_new_tokens": 20}).encode())
+        assert status == 200 and time.time() - started < 5
+    finally:
+        waiting.close()
+
+
+def test_a_client_that_stops_reading_loses_its_generation(monkeypatch):
+    """In-process, with a send that never returns (a client whose window stays shut): after SEND_SECONDS its
+    generation is closed and the model is free; so is it when the response is cancelled (a client gone)."""
+    import anyio
+
+    from lit_gpt_char import playground
+
+    monkeypatch.setattr(playground, "SEND_SECONDS", 0.2)
+    closed = []
+
+    def pieces():
+        try:
+            while True:
+                yield "x"
+        finally:
+            closed.append(True)
+
+    async def main():
+        lock = anyio.Lock()
+        sent = []
+
+        async def stalled_send(message):
+            sent.append(message)
+            if len(sent) > 2:
+                await anyio.sleep(3600)
+
+        response = playground.GenerationResponse(playground.generation(pieces(), lock, seconds=0.01))
+        with anyio.fail_after(10):
+            await response.stream_response(stalled_send)
+        assert closed == [True] and not lock.locked()
+
+        closed.clear()
+        response = playground.GenerationResponse(playground.generation(pieces(), lock, seconds=0.01))
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(response.stream_response, lambda m: anyio.sleep(0))
+            await anyio.sleep(0.3)
+            tasks.cancel_scope.cancel()
+        assert closed == [True] and not lock.locked()
+
+    anyio.run(main)
