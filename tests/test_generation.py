@@ -226,16 +226,59 @@ def test_int8_weights_stay_close_to_float32(trained_run):
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
 
 
+@pytest.fixture
+def compiles(monkeypatch):
+    """Decode steps through dynamo with a counting backend that runs the captured graph as it is (the
+    capture is what is under test here, not the code inductor makes of it); the count of compiles."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    from lit_gpt_char.core import generation
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(generation.decode_step, fullgraph=True, dynamic=False, backend=counter)
+    monkeypatch.setattr(generation, "compiled_step", lambda device: compiled)
+    yield counter
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("options", MODEL_OPTIONS, ids=[str(o) or "gpt2" for o in MODEL_OPTIONS])
+def test_a_compiled_step_compiles_once_and_writes_what_the_full_forward_does(options, compiles):
+    """Greedy text through the compiled step equals full forward passes over the context the docstring
+    promises, far past the block (re-prefills, or the rolling cache): one compile for every position."""
+    m = model(block_size=8, **options)
+    prompt = torch.randint(0, 13, (2, 3))
+    got = generate(m, prompt, 30, temperature=0, compile=True)
+    assert compiles.frame_count == 1
+    if m.config.pos_emb == "rope":  # the rolling cache: the eager path's text, itself held to the full forward above
+        assert torch.equal(got, generate(m, prompt, 30, temperature=0))
+        assert torch.equal(got[:, :8], reference_greedy(m, prompt, 5, slide=4)[:, :8])
+    else:
+        assert torch.equal(got, reference_greedy(m, prompt, 30, slide=4))
+    generate(m, prompt[:, :1], 20, temperature=0, compile=True)  # another prompt, another call: no new compile
+    assert compiles.frame_count == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [{}, DEFAULT_PARTS], ids=["gpt2", "default"])
-def test_compiled_decoder_matches_eager(options):
-    """compile=True (torch.compile of GPT.forward, dynamic shapes) writes the same greedy text,
-    past the block size (so through re-prefills, or the rolling cache) and for two calls in a row."""
+def test_the_inductor_compiled_step_matches_eager(options):
+    """compile=True with torch.compile's own backend: float32 writes the eager path's greedy text, past the
+    block size (re-prefills, or the rolling cache) and for two calls in a row; int8 weights (bf16
+    activations, rounded at other places once fused) track their own full forward as eager decoding does."""
     m = model(block_size=16, **options)
-    prompt = torch.randint(0, 13, (2, 3))
+    prompt = torch.randint(0, 13, (1, 3))
     eager = generate(m, prompt, 40, temperature=0)
     for _ in range(2):
         assert torch.equal(generate(m, prompt, 40, temperature=0, compile=True), eager)
+    q = quantize_int8(m.to(torch.bfloat16))
+    seq = torch.randint(0, 13, (1, 16))
+    decoder = Decoder(q, 1, compile=True, rolling=q.config.pos_emb == "rope")
+    with torch.no_grad():
+        full = q(seq)[0].float()
+        decoder.prefill(seq[:, :3])
+        for t in range(3, 16):
+            assert (decoder.step(seq[:, t]).float() - full[:, t]).abs().max() < 0.05
 
 
 # --- rotary models roll their cache past the block -----------------------------------------------------------

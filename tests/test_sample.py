@@ -89,3 +89,50 @@ def test_unknown_characters_can_be_skipped(trained_run, capsys):
     code = run_main(sample.main, f"ckpt={trained_run}", "prompt='the kingé'", "on_unknown=skip", "max_new_tokens=10")
     out = capsys.readouterr().out
     assert code == 0 and out.startswith("the king") and "é" not in out
+
+
+# What the sampling, serving and evaluating paths may not import unless compile=true: the compiler (~1.2 s of
+# start-up here), Lightning, matplotlib, or Hydra's sweeper and launcher plugins.
+HEAVY = ("torch._dynamo", "torch._inductor", "sympy", "lightning", "matplotlib", "hydra_plugins", "optuna")
+
+
+def imported(stderr: str) -> set[str]:
+    """The modules `python -X importtime` reports."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in HEAVY or m.startswith(HEAVY))
+
+
+@pytest.mark.slow
+def test_sample_evaluate_and_serve_leave_the_compiler_and_lightning_unimported(trained_run, tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO, clean_env
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-X", "importtime", *args], cwd=tmp_path, env=clean_env(), capture_output=True, text=True
+        )
+
+    r = run("-m", "lit_gpt_char.sample", f"ckpt={trained_run}", "max_new_tokens=20", "precision=int8")
+    assert r.returncode == 0 and "lit_gpt_char.core.generation" in imported(r.stderr), r.stderr[-2000:]
+    assert heavy(imported(r.stderr)) == []
+    r = run("-m", "lit_gpt_char.evaluate", f"ckpt={trained_run}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert heavy(imported(r.stderr)) == []
+    serving = (  # what serve runs up to uvicorn's loop, and one request through the app
+        "from starlette.testclient import TestClient; from lit_gpt_char import serve; "
+        "from lit_gpt_char.playground import make_app; from lit_gpt_char.core.generation import load_generator; "
+        f"gen = load_generator({str(trained_run)!r}); "
+        "r = TestClient(make_app(gen, {})).post('/generate', json={'prompt': 'a', 'max_new_tokens': 5}); "
+        "assert r.status_code == 200, r.text"
+    )
+    r = run("-c", serving)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert heavy(imported(r.stderr)) == []
+    r = run("-m", "lit_gpt_char.sample", f"ckpt={trained_run}", "max_new_tokens=5", "compile=true")
+    assert r.returncode == 0 and "torch._dynamo" in imported(r.stderr), r.stderr[-2000:]  # the test can fail
+    assert REPO.is_dir()

@@ -262,8 +262,10 @@ def bench_sample(cfg: DictConfig, s: Settings) -> dict:
     tok.save(out_dir / "tokenizer.json")
     (out_dir / "config.json").write_text(json.dumps(model.config.to_dict()))
     gen = load_generator(out_dir, device="auto", precision=cfg.sample_precision, compile=cfg.model.compile)
+    t0 = time.perf_counter()
     for _ in gen.stream("A", max_new_tokens=5, seed=0):  # warm-up (and compilation, if any)
         pass
+    warmup_s = time.perf_counter() - t0
     baseline_args = [
         "sample",
         "--n-layer",
@@ -296,6 +298,7 @@ def bench_sample(cfg: DictConfig, s: Settings) -> dict:
         "params": gen.num_params,
         "precision": gen.precision,
         "compile": bool(cfg.model.compile),
+        "warmup_s": warmup_s,
         "device": str(gen.device),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

@@ -117,15 +117,17 @@ class Loaded:
     config_source: str = "its model config"  # where the config came from, as errors name it
     info: dict[str, Any] = field(default_factory=dict)
     corpus: dict[str, Any] | None = None
+    _model: GPT | None = field(default=None, repr=False, compare=False)  # what check() made, for build()
 
     def check(self) -> Loaded:
         """Every tensor the config asks for, of the shape it asks for, and no other: else a UserError
-        naming the file and the first tensor that does not fit. Costs no memory (a meta model)."""
+        naming the file and the first tensor that does not fit. The model it checks against is the one
+        build() then loads the weights into (not a meta model: making one imports the compiler)."""
         bad = [k for k, v in self.state_dict.items() if not isinstance(v, torch.Tensor)]
         if bad:
             raise UserError(f"{self.source}: {bad[0]} is not a tensor: the file is not a state dict of lit-gpt-char")
-        with torch.device("meta"):
-            expected = GPT(self.config).state_dict()
+        self._model = GPT(self.config)
+        expected = self._model.state_dict()
         missing = [k for k in expected if k not in self.state_dict]
         unexpected = [k for k in self.state_dict if k not in expected]
         if missing or unexpected:
@@ -161,7 +163,7 @@ class Loaded:
     def build(self) -> GPT:
         """The GPT in eval mode, with these weights."""
         self.check()
-        model = GPT(self.config)
+        model, self._model = self._model, None
         model.load_state_dict(self.state_dict)
         return model.eval()
 

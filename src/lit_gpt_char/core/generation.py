@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lit_gpt_char.core.checkpoint import Loaded, load_any
-from lit_gpt_char.core.model import GPT, LayerOps, ModelOps
+from lit_gpt_char.core.model import GPT
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.options import Options, build, option
@@ -65,18 +66,25 @@ class SamplingOptions(Options):
     )
 
 
-class KVCache:
-    """Keys and values of every layer for the positions seen so far (at most max_len).
+class KVCache(nn.Module):
+    """Keys and values of every layer for up to max_len positions, in buffers whose shapes never change.
 
-    Allocated once, on the model's device: in the model's dtype, except on a CPU, where it is
-    float32 whatever the weights, because the CPU attention kernel is ~4x slower in bf16 for a
-    single query (and float32 is the more exact anyway). `update` converts into that dtype.
+    Where the next chunk goes is a tensor (`next_pos`), and each slot remembers the position stored
+    in it (`slot_pos`); a query sees the slots holding a position at or before its own. So a decode
+    step is the same computation at every position: torch.compile compiles it once and CUDA graphs
+    can replay it, however long the generation.
 
     rolling=True (for rotary positions, whose attention depends on relative positions only): once
     max_len positions are stored, each new one overwrites the oldest, so a decode step always
     costs max_len keys, and generation never has to prefill again. The slots are then out of
     position order, which attention of one new position over all of them does not mind.
+
+    On a CPU the keys and values are float32 whatever the weights: the CPU attention kernel is ~4x
+    slower in bf16 for a single query (and float32 is the more exact anyway). A module only so that
+    its buffers are static inputs to a compiled step (CUDA graphs may then update them in place).
     """
+
+    EMPTY = 2**62  # the position of a slot never written: no query sees it
 
     def __init__(
         self,
@@ -89,15 +97,21 @@ class KVCache:
         device: torch.device | str = "cpu",
         rolling: bool = False,
     ):
+        super().__init__()
         device = torch.device(device)
-        self.rolling = rolling
         dtype = torch.float32 if device.type == "cpu" else dtype
-        shape = (n_layer, batch, n_head, max_len, head_dim)
-        # One list entry per layer, so an update indexes no tensor.
-        self.k = list(torch.empty(shape, dtype=dtype, device=device).unbind(0))
-        self.v = list(torch.empty(shape, dtype=dtype, device=device).unbind(0))
-        self.max_len, self.dtype = max_len, dtype
-        self.pos = 0  # positions stored so far, in every layer
+        shape = (batch, n_head, max_len, head_dim)
+        # One buffer per layer: a compiled step then updates each in place (a slice of one shared buffer
+        # would be copied whole at every step).
+        for i in range(n_layer):
+            self.register_buffer(f"k{i}", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+            self.register_buffer(f"v{i}", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k = [getattr(self, f"k{i}") for i in range(n_layer)]
+        self.v = [getattr(self, f"v{i}") for i in range(n_layer)]
+        self.register_buffer("slot_pos", torch.full((max_len,), self.EMPTY, device=device), persistent=False)
+        self.register_buffer("next_pos", torch.zeros((), dtype=torch.long, device=device), persistent=False)
+        self.max_len, self.dtype, self.rolling = max_len, dtype, rolling
+        self.slots = self.mask = None  # of the chunk being computed: where it is stored, what it sees
 
     @classmethod
     def for_model(cls, model: GPT, batch: int, rolling: bool = False) -> KVCache:
@@ -105,106 +119,80 @@ class KVCache:
         return cls(cfg.n_layer, batch, cfg.n_head, cfg.block_size, cfg.head_size, w.dtype, w.device, rolling)
 
     @property
-    def full(self) -> bool:
-        """No room for another position (a rolling cache always has room)."""
-        return not self.rolling and self.pos >= self.max_len
+    def pos(self) -> int:
+        """Positions seen so far (reads the device: not for a compiled step)."""
+        return int(self.next_pos)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, H, T, hd) at positions pos..pos+T-1 of `layer`; return that layer's keys and
-        values of positions 0..pos+T-1 (or, rolling, of the last max_len positions). GPT.forward
-        moves pos on once every layer has its share."""
-        end = self.pos + k.shape[2]
-        if end > self.max_len and self.rolling and k.shape[2] == 1:
-            slot = self.pos % self.max_len
-            self.k[layer][:, :, slot] = k[:, :, 0]
-            self.v[layer][:, :, slot] = v[:, :, 0]
-            return self.k[layer], self.v[layer]
-        if end > self.max_len:
-            raise ValueError(f"KV cache overflow: {end} positions > {self.max_len}")
-        kc, vc = self.k[layer], self.v[layer]
-        kc[:, :, self.pos : end] = k
-        vc[:, :, self.pos : end] = v
-        return kc[:, :, :end], vc[:, :, :end]
+    def reset(self) -> None:
+        self.next_pos.zero_()
+        self.slot_pos.fill_(self.EMPTY)
+
+    def advance(self, t: int) -> torch.Tensor:
+        """The next t positions; their slots (rolling: position mod max_len) and what each sees are set
+        for the layers' updates. The caller keeps within max_len (a rolling cache: one at a time past it)."""
+        positions = self.next_pos + torch.arange(t, device=self.next_pos.device)
+        self.slots = positions % self.max_len if self.rolling else positions
+        self.slot_pos.index_copy_(0, self.slots, positions)
+        self.next_pos.add_(t)
+        hidden = self.slot_pos > positions[:, None]  # (t, max_len): empty slots, and the chunk's own future
+        self.mask = torch.zeros(hidden.shape, dtype=self.dtype, device=hidden.device).masked_fill_(hidden, -torch.inf)
+        return positions
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, t, hd) in the chunk's slots of `layer`; return all of its slots and the mask."""
+        keys, values = self.k[layer], self.v[layer]
+        keys.index_copy_(2, self.slots, k.to(self.dtype))
+        values.index_copy_(2, self.slots, v.to(self.dtype))
+        return keys, values, self.mask
 
 
 class Decoder:
     """A model and its cache: prefill a context, then add one position per step.
 
-    Both run GPT.forward over the cache in eval mode, with the weights bound into plain functions
-    once (`bind`): the same maths as training, without a module call per operation. compile=True
-    runs them through one torch.compile'd forward instead (dynamic shapes, so a growing cache
-    does not recompile it).
+    Both run GPT.forward over the cache in eval mode: the same maths as training. compile=True runs
+    each step through torch.compile (CUDA graphs on a GPU): one compile per batch size, precision and
+    device, since the step's shapes never change (see KVCache); prefills stay eager.
     """
 
     def __init__(self, model: GPT, batch: int, compile: bool = False, rolling: bool = False):
+        self.model, self.length = model, 0
         self.cache = KVCache.for_model(model, batch, rolling)
-        self.forward = compiled(model) if compile else functools.partial(model.forward, bound=bind(model))
+        self._step = compiled_step(model.wte.weight.device) if compile else decode_step
 
     @property
     def full(self) -> bool:
         """No room for another position: prefill a shorter context (slide the window)."""
-        return self.cache.full
+        return not self.cache.rolling and self.length >= self.cache.max_len
 
     def prefill(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, V) after the context idx (B, T), which replaces whatever was cached."""
-        self.cache.pos = 0
-        return self.forward(idx, cache=self.cache)[0][:, -1]
+        if idx.shape[1] > self.cache.max_len:
+            raise ValueError(f"a context of {idx.shape[1]} positions is longer than block_size {self.cache.max_len}")
+        self.cache.reset()
+        self.length = idx.shape[1]
+        return self.model(idx, cache=self.cache)[0][:, -1]
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits (B, V) after one more id per row, ids (B,)."""
-        if self.cache.full:
+        if self.full:
             raise ValueError(
-                f"position {self.cache.pos} is past block_size {self.cache.max_len}: prefill a shorter context"
+                f"position {self.length} is past block_size {self.cache.max_len}: prefill a shorter context"
             )
-        return self.forward(ids[:, None], cache=self.cache)[0][:, -1]
+        self.length += 1
+        return self._step(self.model, ids, self.cache)
 
 
-def bind(model: GPT) -> ModelOps:
-    """model.ops() with each module replaced by the function it computes, its weights bound in."""
-    ops = model.ops()
-    return ModelOps(
-        [LayerOps(*map(bound_function, layer)) for layer in ops.layers],
-        bound_function(ops.ln_f),
-        bound_function(ops.head),
-    )
-
-
-def bound_function(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """What module(x) computes, as a plain function of x (forward hooks do not run)."""
-    if type(module) is nn.Linear:
-        return functools.partial(F.linear, weight=module.weight, bias=module.bias)
-    if type(module) is nn.LayerNorm:
-        return functools.partial(
-            F.layer_norm,
-            normalized_shape=module.normalized_shape,
-            weight=module.weight,
-            bias=module.bias,
-            eps=module.eps,
-        )
-    if type(module) is nn.RMSNorm:
-        (width,) = module.normalized_shape
-        return functools.partial(rms_normalize, scale=module.weight * width**0.5)
-    if type(module) is Int8Linear:
-        return functools.partial(int8_linear, weight=module.weight, scales=module.scales, bias=module.bias)
-    return module.forward
-
-
-def rms_normalize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """RMSNorm as decoding computes it: x / |x| * (sqrt(width) * weight), two operations where
-    F.rms_norm takes about eight (a third of the time of a step at batch 1). It leaves out the
-    norm's eps (1e-7 relative at float32 in training; a zero vector stays zero): the tests hold it
-    to the module's output."""
-    return torch.div(x, torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(1e-30)) * scale
+def decode_step(model: GPT, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """The logits (B, V) after one more id per row: what a decode step computes, compiled or not."""
+    return model(ids[:, None], cache=cache)[0][:, -1]
 
 
 @functools.cache
-def _compiled_forward() -> Callable:
-    return torch.compile(GPT.forward, dynamic=True)
-
-
-def compiled(model: GPT) -> Callable:
-    """model.forward through one torch.compile'd GPT.forward shared by every model (one compile per process)."""
-    return functools.partial(_compiled_forward(), model)
+def compiled_step(device: torch.device) -> Callable:
+    """decode_step through torch.compile, one per device kind (and so one compile per process for each
+    batch size and precision): whole-graph, static shapes, CUDA graphs on a GPU."""
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    return torch.compile(decode_step, fullgraph=True, dynamic=False, mode=mode)
 
 
 def sample_logits(
@@ -371,7 +359,8 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """auto: bf16 on GPUs that support it; int8 weights on CPUs, where a decode step is bound by
-    reading every weight once (int8 weights sample ~3x faster than float32 at the same quality)."""
+    reading every weight once: int8 weights sample faster than float32 at the same quality on CPUs with
+    native bf16 (~3x, AVX512-BF16) and without (1.2x eager, 3x compiled, AVX2: docs/benchmarks.md)."""
     precision = str(precision)
     if precision == "auto":
         if device.type == "cuda":
@@ -386,6 +375,22 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         )
         return "bf16"
     return precision
+
+
+COMPILE_PAYS = 20_000  # characters from which compile=auto compiles the decode step (see resolve_compile)
+
+
+def resolve_compile(compile: bool | str, device: torch.device, chars: int) -> bool:
+    """compile=auto by rule: compile the decode step when the generation is long enough to repay the
+    warm-up. Measured on a 2-core CPU: the compile takes 20-50 s and saves 2.5-3 ms a character at the
+    default and the seed sizes, so it pays from ~15,000 characters (COMPILE_PAYS, with a margin); the
+    same rule on a GPU, unmeasured there. On a CPU without a C++ compiler (torch.compile's inductor
+    needs one): never."""
+    if compile != "auto":
+        return bool(compile)
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++", "cl")):
+        return False
+    return chars >= COMPILE_PAYS
 
 
 class TextGenerator:
@@ -486,13 +491,15 @@ def load_generator(
     path: str | Path | Loaded,
     device: str = "auto",
     precision: str = "auto",
-    compile: bool = False,
+    compile: bool | str = False,
     log_dir: str | Path | None = None,
+    chars: int = 0,
 ) -> TextGenerator:
     """A TextGenerator from a .ckpt, a run directory, an export directory (model.safetensors or model.pt,
-    tokenizer.json, config.json), or `latest`: the run under log_dir that saved a checkpoint last."""
+    tokenizer.json, config.json), or `latest`: the run under log_dir that saved a checkpoint last.
+    compile: true | false | auto (compile when `chars`, the characters to be generated, repay it)."""
     loaded = path if isinstance(path, Loaded) else load_any(path, log_dir=log_dir)
     dev = pick_device(device)
     precision = resolve_precision(precision, dev)
     gen = TextGenerator(loaded.build(), loaded.tokenizer, dev, PRECISIONS[precision], int8=precision == "int8")
-    return gen.compile() if compile else gen
+    return gen.compile() if resolve_compile(compile, dev, chars) else gen

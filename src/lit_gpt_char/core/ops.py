@@ -4,7 +4,7 @@
   `bernoulli_` costs ~8 ns an element, a seventh of a seed-size training step; this ~2 ns.
 - `attend`: causal scaled-dot-product attention. On a CPU in training it is written out (in bf16
   forward + backward run ~1.6x faster than SDPA's CPU flash kernel, whose bf16 backward is slow,
-  and attention dropout becomes cheap); elsewhere, and with a key/value cache, it is SDPA.
+  and attention dropout becomes cheap); elsewhere, and over a key/value cache's mask, it is SDPA.
 Elsewhere than a CPU both are torch's own.
 """
 
@@ -33,20 +33,19 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep.to(x.dtype).mul_(256 / (256 - threshold))
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, dropout_p: float = 0.0
+) -> torch.Tensor:
     """Causal attention of queries q (B, H, Tq, hd) over keys and values k, v (B, H, Tk, hd).
 
-    The queries are the last Tq of the Tk positions (Tq = Tk in training; Tq = 1 when decoding
-    over a cache), so query i sees keys 0 .. Tk - Tq + i.
+    mask (a key/value cache's): which keys each query sees. Without one, q and k are the same
+    positions and query i sees keys 0 .. i.
     """
-    tq, tk = q.shape[-2], k.shape[-2]
-    if tq == 1:  # one new position: everything cached is in its past, no mask
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    if tq == tk and q.device.type == "cpu" and torch.is_grad_enabled() and (q.dtype == torch.bfloat16 or dropout_p > 0):
-        mask = torch.full((tq, tk), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    tq = q.shape[-2]
+    if q.device.type == "cpu" and torch.is_grad_enabled() and (q.dtype == torch.bfloat16 or dropout_p > 0):
+        mask = torch.full((tq, tq), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
         att = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1) + mask
         return dropout(att.softmax(dim=-1), dropout_p, True) @ v
-    if tq == tk:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)  # a chunk after cached positions
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
