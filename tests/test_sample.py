@@ -136,3 +136,18 @@ def test_sample_evaluate_and_serve_leave_the_compiler_and_lightning_unimported(t
     r = run("-m", "lit_gpt_char.sample", f"ckpt={trained_run}", "max_new_tokens=5", "compile=true")
     assert r.returncode == 0 and "torch._dynamo" in imported(r.stderr), r.stderr[-2000:]  # the test can fail
     assert REPO.is_dir()
+
+
+def test_compile_auto_is_a_rule_of_length_and_a_bad_value_is_one_line(monkeypatch, capsys):
+    from lit_gpt_char.core import generation
+
+    cpu = torch.device("cpu")
+    assert generation.resolve_compile(True, cpu, 1) and not generation.resolve_compile(False, cpu, 10**9)
+    assert not generation.resolve_compile("auto", cpu, generation.COMPILE_PAYS - 1)
+    assert generation.resolve_compile("auto", cpu, generation.COMPILE_PAYS) == bool(
+        __import__("shutil").which("c++") or __import__("shutil").which("g++")
+    )
+    monkeypatch.setattr(generation.shutil, "which", lambda name: None)  # no C++ compiler: inductor cannot run
+    assert not generation.resolve_compile("auto", cpu, 10**9)
+    assert run_main(sample.main, "ckpt=x", "compile=maybe") == 2
+    assert "compile=maybe: must be auto, true or false" in capsys.readouterr().err

@@ -46,7 +46,9 @@ class ServeConfig(Options):
     precision: str = option(
         "auto", "auto (int8 weights on CPU, bf16 on GPU) | 32 | bf16 | 16 | int8", choices=("auto", *PRECISIONS)
     )
-    compile: bool = option(False, "torch.compile the forward: for GPUs (on a CPU: ~40 s compiling, no gain)")
+    compile: bool = option(
+        False, "torch.compile the decode step: 2-3x faster per character after a 20-50 s warm-up at the first request"
+    )
 
 
 register("serve", ServeConfig)
