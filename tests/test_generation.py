@@ -321,3 +321,34 @@ def test_an_explicit_slide_turns_rolling_off():
     m = model(block_size=8, pos_emb="rope")
     prompt = torch.randint(0, 13, (1, 3))
     assert torch.equal(generate(m, prompt, 30, temperature=0, slide=1), crop_rule(m, prompt, 30))
+
+
+@pytest.mark.parametrize("options", [DEFAULT_PARTS, {"norm": "rmsnorm", "bias": True}], ids=["default", "rmsnorm"])
+def test_the_two_operation_norms_of_cpu_decoding_equal_the_models(options):
+    """TextGenerator swaps every RMSNorm (QK-norm's too) for x / |x| * sqrt(width) * weight on a CPU: the
+    same logits as the model's own norms, in float32 and (to bf16's precision) with int8 weights."""
+    from lit_gpt_char.core.generation import TextGenerator, TwoOpRMSNorm
+    from lit_gpt_char.core.tokenizer import CharTokenizer
+
+    m = model(**options)
+    tok = CharTokenizer([chr(97 + i) for i in range(13)])
+    seq = torch.randint(0, 13, (2, 16))
+    with torch.no_grad():
+        want = m(seq)[0]
+        plain = GPT(m.config)
+        plain.load_state_dict(m.state_dict())
+        gen = TextGenerator(plain, tok, torch.device("cpu"))
+        assert any(isinstance(x, TwoOpRMSNorm) for x in gen.model.modules())
+        assert not any(type(x) is torch.nn.RMSNorm for x in gen.model.modules())
+        assert (gen.model(seq)[0] - want).abs().max() < 1e-4  # the eps it leaves out, on tiny test activations
+        kept = GPT(m.config)
+        kept.load_state_dict(m.state_dict())
+        assert not any(
+            isinstance(x, TwoOpRMSNorm)
+            for x in TextGenerator(kept, tok, torch.device("cpu"), fast_norms=False).model.modules()
+        )
+        q = GPT(m.config)
+        q.load_state_dict(m.state_dict())
+        q8 = TextGenerator(q, tok, torch.device("cpu"), torch.bfloat16, int8=True).model
+        ref = quantize_int8(m.to(torch.bfloat16))(seq)[0].float()
+        assert (q8(seq)[0].float() - ref).abs().max() < 0.05

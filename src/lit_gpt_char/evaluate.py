@@ -181,7 +181,7 @@ def _evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     ids, what = text_ids(cfg, loaded)
     if len(ids) < 2:
         raise UserError(f"{what['source']}: has {len(ids)} character(s); scoring needs at least 2")
-    gen = load_generator(loaded, device=cfg.device, precision=cfg.precision)
+    gen = load_generator(loaded, device=cfg.device, precision=cfg.precision, fast_norms=False)
     t0 = time.perf_counter()
     try:
         result = _score_with_progress(gen.model, ids, cfg)

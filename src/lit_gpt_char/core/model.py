@@ -139,6 +139,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.config = cfg
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.qk_norm = nn.RMSNorm(cfg.head_size, elementwise_affine=False) if cfg.qk_norm else None  # no weights
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
 
     def forward(
@@ -148,8 +149,8 @@ class CausalSelfAttention(nn.Module):
         cfg, (b, t, c) = self.config, x.shape
         qkv = self.qkv(x).view(b, t, 3, cfg.n_head, cfg.head_size)
         qk, v = qkv[:, :, :2], qkv[:, :, 2]  # queries and keys are normalised and rotated together
-        if cfg.qk_norm:
-            qk = F.rms_norm(qk, (cfg.head_size,))
+        if self.qk_norm is not None:
+            qk = self.qk_norm(qk)
         if rope is not None:
             qk = rotate(qk, rope)
         q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # -> (B, H, T, head_size) each
