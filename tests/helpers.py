@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lit_gpt_char.config  # noqa: F401  (registers the ${fast_precision:} resolver the configs use)
+from lit_gpt_char.core.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -247,3 +248,50 @@ def require(module: str):
     if os.environ.get("CI"):
         return importlib.import_module(module)
     return pytest.importorskip(module)
+
+
+# Every model option there is (each differs from GPT-2's parts in one way), and the default parts
+# together: generation must match the full forward for all of them.
+DEFAULT_PARTS = {k: getattr(GPTConfig(), k) for k in GPT2_PARTS}
+MODEL_OPTIONS = [
+    {},
+    DEFAULT_PARTS,
+    {**DEFAULT_PARTS, "mlp": "swiglu", "bias": True},
+    {"bias": True},
+    {"n_head": 4},
+    {"dropout": 0.2, "attn_dropout": 0.1},
+    {"pos_emb": "rope"},
+    {"pos_emb": "rope", "rope_base": 500.0},
+    {"norm": "rmsnorm"},
+    {"qk_norm": True},
+    {"mlp": "relu2"},
+    {"mlp": "swiglu"},
+    {"mlp": "swiglu", "mlp_hidden": 40},
+    {"mlp_hidden": 24},
+    {"tie_embeddings": False},
+    {"zero_init": True},
+    {"zero_init": True, "tie_embeddings": False},
+    {"pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "relu2", "tie_embeddings": False, "bias": True},
+]
+
+
+def option_model(block_size=16, **options) -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(
+        **{
+            "vocab_size": 13,
+            "block_size": block_size,
+            "n_layer": 2,
+            "n_head": 2,
+            "n_embd": 32,
+            "dropout": 0.1,
+            **GPT2_PARTS,
+            **options,
+        }
+    )
+    m = fill_zero_weights(GPT(cfg).eval())
+    with torch.no_grad():  # constant-initialized parameters get values, so one that is dropped would show
+        for name, p in m.named_parameters():
+            if name.endswith("bias") or (p.dim() == 1 and (p == 1).all()):
+                p.normal_(0, 0.1).add_(1 if not name.endswith("bias") else 0)
+    return m

@@ -136,8 +136,9 @@ def unwritable_dir(tmp_path: Path) -> Path:
     pytest.skip("no directory here refuses root")
 
 
+@pytest.mark.parametrize("fmt", ["native", "hf", "onnx"])
 @pytest.mark.parametrize("where", ["read-only", "file", "under a file"])
-def test_a_target_that_cannot_be_written_is_refused_before_loading(where, tmp_path, capsys):
+def test_a_target_that_cannot_be_written_is_refused_before_loading(where, fmt, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"not a checkpoint")  # loading it would fail: the target's error must come first
     (tmp_path / "a_file").write_text("x")
@@ -146,7 +147,7 @@ def test_a_target_that_cannot_be_written_is_refused_before_loading(where, tmp_pa
         "file": lambda: tmp_path / "a_file",
         "under a file": lambda: tmp_path / "a_file" / "out",
     }[where]()
-    assert run_main(export_cli.main, str(corrupt), str(target)) == 2
+    assert run_main(export_cli.main, str(corrupt), str(target), f"format={fmt}") == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: out_dir={target}") and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1

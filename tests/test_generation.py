@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import GPT2_PARTS, fill_zero_weights
+from helpers import DEFAULT_PARTS, MODEL_OPTIONS, option_model
 
 from lit_gpt_char.core.checkpoint import export, load_checkpoint
 from lit_gpt_char.core.generation import (
@@ -13,54 +13,8 @@ from lit_gpt_char.core.generation import (
     quantize_int8,
     sample_logits,
 )
-from lit_gpt_char.core.model import GPT, GPTConfig
+from lit_gpt_char.core.model import GPT
 from lit_gpt_char.errors import UserError
-
-# Every model option there is (each differs from GPT-2's parts in one way), and the default parts
-# together: generation must match the full forward for all of them.
-DEFAULT_PARTS = {k: getattr(GPTConfig(), k) for k in GPT2_PARTS}
-MODEL_OPTIONS = [
-    {},
-    DEFAULT_PARTS,
-    {**DEFAULT_PARTS, "mlp": "swiglu", "bias": True},
-    {"bias": True},
-    {"n_head": 4},
-    {"dropout": 0.2, "attn_dropout": 0.1},
-    {"pos_emb": "rope"},
-    {"pos_emb": "rope", "rope_base": 500.0},
-    {"norm": "rmsnorm"},
-    {"qk_norm": True},
-    {"mlp": "relu2"},
-    {"mlp": "swiglu"},
-    {"mlp": "swiglu", "mlp_hidden": 40},
-    {"mlp_hidden": 24},
-    {"tie_embeddings": False},
-    {"zero_init": True},
-    {"zero_init": True, "tie_embeddings": False},
-    {"pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "relu2", "tie_embeddings": False, "bias": True},
-]
-
-
-def model(block_size=16, **options) -> GPT:
-    torch.manual_seed(0)
-    cfg = GPTConfig(
-        **{
-            "vocab_size": 13,
-            "block_size": block_size,
-            "n_layer": 2,
-            "n_head": 2,
-            "n_embd": 32,
-            "dropout": 0.1,
-            **GPT2_PARTS,
-            **options,
-        }
-    )
-    m = fill_zero_weights(GPT(cfg).eval())
-    with torch.no_grad():  # constant-initialized parameters get values, so one that is dropped would show
-        for name, p in m.named_parameters():
-            if name.endswith("bias") or (p.dim() == 1 and (p == 1).all()):
-                p.normal_(0, 0.1).add_(1 if not name.endswith("bias") else 0)
-    return m
 
 
 @pytest.mark.parametrize("options", MODEL_OPTIONS, ids=[str(o) or "gpt2" for o in MODEL_OPTIONS])
@@ -68,7 +22,7 @@ def model(block_size=16, **options) -> GPT:
 def test_cached_logits_equal_full_forward(batch, prompt_len, options):
     """The decode path (Decoder: weights bound into functions) and forward(cache=...) chunks of any
     length both give the full forward's logits at every position."""
-    m = model(**options)
+    m = option_model(**options)
     seq = torch.randint(0, 13, (batch, 16))
     decoder, cache = Decoder(m, batch), KVCache.for_model(m, batch)
     with torch.no_grad():
@@ -95,7 +49,7 @@ def test_cached_logits_equal_full_forward(batch, prompt_len, options):
 @pytest.mark.parametrize("options", MODEL_OPTIONS, ids=[str(o) or "gpt2" for o in MODEL_OPTIONS])
 def test_int8_decode_tracks_its_own_full_forward(options):
     """With int8 weights, the decode steps still compute what the (int8) model's full forward does."""
-    m = quantize_int8(model(**options).to(torch.bfloat16))
+    m = quantize_int8(option_model(**options).to(torch.bfloat16))
     seq = torch.randint(0, 13, (2, 16))
     decoder = Decoder(m, 2)
     with torch.no_grad():
@@ -107,7 +61,7 @@ def test_int8_decode_tracks_its_own_full_forward(options):
 
 def test_decoder_follows_the_model_dtype():
     """bf16 weights: the step stays in bf16 (its cache in float32 on a CPU) and tracks forward."""
-    m = model().to(torch.bfloat16)
+    m = option_model().to(torch.bfloat16)
     seq = torch.randint(0, 13, (2, 16))
     decoder = Decoder(m, 2)
     with torch.no_grad():
@@ -133,14 +87,14 @@ def reference_greedy(m: GPT, prompt: torch.Tensor, n: int, slide: int) -> torch.
 
 @pytest.mark.parametrize("slide", [1, 4, 8, 16])
 def test_sliding_window_past_block_size(slide):
-    m = model(block_size=16)
+    m = option_model(block_size=16)
     prompt = torch.randint(0, 13, (2, 5))
     got = generate(m, prompt, 50, temperature=0, slide=slide)
     assert torch.equal(got, reference_greedy(m, prompt, 50, slide))
 
 
 def test_slide_one_is_the_crop_rule():
-    m = model(block_size=16)
+    m = option_model(block_size=16)
     seq = torch.randint(0, 13, (1, 3))
     with torch.no_grad():
         for _ in range(40):
@@ -149,14 +103,14 @@ def test_slide_one_is_the_crop_rule():
 
 
 def test_long_prompt_is_cropped_to_the_block():
-    m = model(block_size=16)
+    m = option_model(block_size=16)
     prompt = torch.randint(0, 13, (1, 40))
     out = generate(m, prompt, 5, temperature=0)
     assert out.shape == (1, 45) and torch.equal(out[:, :40], prompt)
 
 
 def test_greedy_is_argmax_of_full_forward():
-    m = model()
+    m = option_model()
     prompt = torch.randint(0, 13, (2, 4))
     out = generate(m, prompt, 8, temperature=0)
     with torch.no_grad():
@@ -165,7 +119,7 @@ def test_greedy_is_argmax_of_full_forward():
 
 
 def test_seeded_sampling_is_deterministic():
-    m = model()
+    m = option_model()
     prompt = torch.zeros((1, 1), dtype=torch.long)
     a = generate(m, prompt, 30, generator=torch.Generator().manual_seed(7))
     b = generate(m, prompt, 30, generator=torch.Generator().manual_seed(7))
@@ -247,7 +201,7 @@ def compiles(monkeypatch):
 def test_a_compiled_step_compiles_once_and_writes_what_the_full_forward_does(options, compiles):
     """Greedy text through the compiled step equals full forward passes over the context the docstring
     promises, far past the block (re-prefills, or the rolling cache): one compile for every position."""
-    m = model(block_size=8, **options)
+    m = option_model(block_size=8, **options)
     prompt = torch.randint(0, 13, (2, 3))
     got = generate(m, prompt, 30, temperature=0, compile=True)
     assert compiles.frame_count == 1
@@ -266,7 +220,7 @@ def test_the_inductor_compiled_step_matches_eager(options):
     """compile=True with torch.compile's own backend: float32 writes the eager path's greedy text, past the
     block size (re-prefills, or the rolling cache) and for two calls in a row; int8 weights (bf16
     activations, rounded at other places once fused) track their own full forward as eager decoding does."""
-    m = model(block_size=16, **options)
+    m = option_model(block_size=16, **options)
     prompt = torch.randint(0, 13, (1, 3))
     eager = generate(m, prompt, 40, temperature=0)
     for _ in range(2):
@@ -294,13 +248,13 @@ def crop_rule(m: GPT, prompt: torch.Tensor, n: int) -> torch.Tensor:
 def test_a_one_layer_rotary_model_rolls_exactly_like_the_crop_rule():
     """With one layer a rotary key depends on its character and the positions' difference only, so
     the rolling cache's attention equals a fresh window's at every step, far past block_size."""
-    m = model(block_size=8, n_layer=1, pos_emb="rope")
+    m = option_model(block_size=8, n_layer=1, pos_emb="rope")
     prompt = torch.randint(0, 13, (2, 3))
     assert torch.equal(generate(m, prompt, 60, temperature=0), crop_rule(m, prompt, 60))
 
 
 def test_a_rolling_cache_matches_the_full_forward_inside_the_block_and_rolls_on():
-    m = model(block_size=8, pos_emb="rope", qk_norm=True)
+    m = option_model(block_size=8, pos_emb="rope", qk_norm=True)
     seq = torch.randint(0, 13, (1, 24))
     decoder = Decoder(m, 1, rolling=True)
     with torch.no_grad():
@@ -318,7 +272,7 @@ def test_a_rolling_cache_matches_the_full_forward_inside_the_block_and_rolls_on(
 
 def test_an_explicit_slide_turns_rolling_off():
     """slide=1 is the crop rule for every model, rotary ones too (at a full forward per character)."""
-    m = model(block_size=8, pos_emb="rope")
+    m = option_model(block_size=8, pos_emb="rope")
     prompt = torch.randint(0, 13, (1, 3))
     assert torch.equal(generate(m, prompt, 30, temperature=0, slide=1), crop_rule(m, prompt, 30))
 
@@ -330,7 +284,7 @@ def test_the_two_operation_norms_of_cpu_decoding_equal_the_models(options):
     from lit_gpt_char.core.generation import TextGenerator, TwoOpRMSNorm
     from lit_gpt_char.core.tokenizer import CharTokenizer
 
-    m = model(**options)
+    m = option_model(**options)
     tok = CharTokenizer([chr(97 + i) for i in range(13)])
     seq = torch.randint(0, 13, (2, 16))
     with torch.no_grad():

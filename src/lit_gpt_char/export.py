@@ -1,15 +1,20 @@
-"""Export a checkpoint as plain files: `python -m lit_gpt_char.export CKPT OUT_DIR`.
+"""Export a checkpoint as plain files: `python -m lit_gpt_char.export CKPT OUT_DIR [format=native|hf|onnx]`.
 
-Writes model.safetensors (the weights; the head tied to the embedding is stored once),
-config.json (the model's sizes) and tokenizer.json (the seed's format). `load_generator(OUT_DIR)`,
-`sample ckpt=OUT_DIR` and `serve ckpt=OUT_DIR` load the trio; exports holding model.pt (older
-ones) load the same way. An existing export is replaced only with --force.
+native (the default): model.safetensors (the weights; the head tied to the embedding is stored
+once), config.json (the model's sizes) and tokenizer.json (the seed's format). `load_generator`,
+`sample`, `evaluate` and `serve` load it; exports holding model.pt (older ones) load the same way.
+hf: a Hugging Face transformers directory (AutoModelForCausalLM, AutoTokenizer): a stock GPT2LMHeadModel
+for GPT-2's parts, else remote code (trust_remote_code=True); our commands load it too.
+onnx: native, plus model.onnx (ids and past keys/values in, logits and present keys/values out)
+and generate.py, which samples from it with onnxruntime alone.
+hf and onnx need the `export` extra. An existing export is replaced only with --force; a failed
+export leaves OUT_DIR as it was.
 """
 
 from __future__ import annotations
 
-from lit_gpt_char.core.checkpoint import export
-from lit_gpt_char.errors import ArgumentParser, quiet_broken_pipes, user_errors
+from lit_gpt_char.core.checkpoint import FORMATS, export
+from lit_gpt_char.errors import ArgumentParser, UserError, quiet_broken_pipes, user_errors
 
 
 @user_errors
@@ -21,14 +26,24 @@ def main(argv: list[str] | None = None) -> None:
         help="a .ckpt file, a training run directory (its best checkpoint), `latest` (the run that saved a "
         "checkpoint last, under --log-dir) or an export directory",
     )
-    ap.add_argument("out_dir", help="directory to write model.safetensors, config.json and tokenizer.json into")
+    ap.add_argument("out_dir", help="directory to write the export into")
+    ap.add_argument("format_", nargs="?", metavar="format=FORMAT", help=f"one of {', '.join(FORMATS)} (default native)")
+    ap.add_argument("--format", default=None, choices=list(FORMATS), help="the same, as an option")
     ap.add_argument("--force", action="store_true", help="replace the export already in OUT_DIR")
     ap.add_argument(
         "--log-dir", default=None, help="where `latest` looks for runs (default: $LIT_GPT_CHAR_LOG_DIR, else outputs)"
     )
     args = ap.parse_args(argv)
-    out = export(args.ckpt, args.out_dir, force=args.force, log_dir=args.log_dir)
-    print(f"exported to {out}")
+    fmt = args.format or "native"
+    if args.format_ is not None:
+        key, eq, value = args.format_.partition("=")
+        if key != "format" or not eq:
+            raise UserError(f"{args.format_}: expected format=native, format=hf or format=onnx after OUT_DIR")
+        if args.format and args.format != value:
+            raise UserError(f"format={value} and --format {args.format} disagree: pass one of them")
+        fmt = value
+    out = export(args.ckpt, args.out_dir, force=args.force, log_dir=args.log_dir, format=fmt)
+    print(f"exported to {out}" + ("" if fmt == "native" else f" (format={fmt})"))
 
 
 if __name__ == "__main__":

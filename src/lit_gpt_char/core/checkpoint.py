@@ -19,6 +19,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -492,12 +493,18 @@ def find_export(path: Path) -> Path | None:
 
 def load_any(path: str | Path, map_location: str | torch.device = "cpu", log_dir: str | Path | None = None) -> Loaded:
     """A .ckpt, a run directory, `latest` (see find_latest), an export directory (model.safetensors or
-    model.pt, tokenizer.json, config.json), or an export's model.safetensors itself."""
+    model.pt, tokenizer.json, config.json; or a format=hf one), or an export's model.safetensors itself."""
     if str(path) == LATEST:
         return load_checkpoint(path, map_location, log_dir)
     p = Path(path).expanduser()
     if p.is_file() and p.suffix == ".safetensors":
         p = p.parent
+    from lit_gpt_char.core.hf import is_hf_export, read_hf
+
+    if p.is_dir() and is_hf_export(p):  # a transformers export (format=hf)
+        config, tok, state_dict, info = read_hf(p, map_location)
+        cfg = model_config(config, p / CONFIG_FILE)
+        return Loaded(cfg, tok, state_dict, p / WEIGHTS_FILE, str(p / CONFIG_FILE), info).check()
     weights = find_export(p)
     if weights is not None:
         cfg = p / CONFIG_FILE
@@ -506,13 +513,32 @@ def load_any(path: str | Path, map_location: str | torch.device = "cpu", log_dir
 
 
 # --- export ---------------------------------------------------------------------------------------------------
-def check_export_target(out_dir: str | Path, force: bool = False) -> Path:
+# format=native: our three files; hf: a transformers directory (core/hf.py); onnx: native + model.onnx and
+# generate.py (core/onnx_export.py). What each needs beyond the core dependencies, checked before any work.
+FORMATS = {"native": (), "hf": ("tokenizers", "transformers"), "onnx": ("onnx", "onnxscript", "onnxruntime")}
+# Every file an export of any format writes: an export replaced with force leaves none of another's behind.
+ALL_EXPORT_FILES = (*EXPORT_FILES, "tokenizer_config.json", "generation_config.json", "modeling_lit_gpt_char.py")
+ALL_EXPORT_FILES += ("model.onnx", "generate.py")
+
+
+def check_export_target(out_dir: str | Path, force: bool = False, format: str = "native") -> Path:
     """Refuse, before any work, an out_dir that would lose files or cannot be written: a file, a directory
-    holding an export already (unless force), or one this user cannot create files in."""
+    holding an export already (unless force), or one this user cannot create files in; and a format whose
+    libraries are not installed."""
+    import importlib.util
+
+    if format not in FORMATS:
+        raise UserError(f"format={format}: must be one of {', '.join(FORMATS)}")
+    missing = [m for m in FORMATS[format] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(
+            f"format={format} needs {', '.join(missing)}, not installed: pip install 'lit-gpt-char[export]' "
+            "(or pip install -e '.[export]' in a clone)"
+        )
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"out_dir={out} is a file: pass a directory to export into")
-    existing = [n for n in EXPORT_FILES if (out / n).exists()]
+    existing = [n for n in ALL_EXPORT_FILES if (out / n).exists()]
     if existing and not force:
         raise UserError(
             f"out_dir={out} already holds {', '.join(existing)}: pass --force to replace them, "
@@ -534,27 +560,80 @@ def check_export_target(out_dir: str | Path, force: bool = False) -> Path:
     return out
 
 
-def save_export(loaded: Loaded, out_dir: str | Path) -> Path:
-    """Write model.safetensors, config.json and tokenizer.json into out_dir, each atomically; a legacy
-    model.pt there (an older export being replaced) is removed, so the directory holds one model."""
+def write_native(loaded: Loaded, out: Path) -> None:
+    """model.safetensors, config.json and tokenizer.json into out."""
     from safetensors.torch import save
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in _untie(loaded.state_dict).items()}
     meta = {"format": "pt", "tied": ",".join(f"{k}={TIED[k]}" for k in tied_names(loaded.state_dict))}
     meta.update({k: str(v) for k, v in loaded.info.items() if k in ("step", "val_loss")})
-    atomic_write_bytes(save(tensors, metadata=meta), out / WEIGHTS_FILE)
-    atomic_write_bytes((json.dumps(loaded.config.to_dict(), indent=1) + "\n").encode(), out / CONFIG_FILE)
-    atomic_write_bytes(
-        json.dumps(loaded.tokenizer.to_dict(), ensure_ascii=False, indent=1).encode("utf-8"), out / TOKENIZER_FILE
+    (out / WEIGHTS_FILE).write_bytes(save(tensors, metadata=meta))
+    (out / CONFIG_FILE).write_text(json.dumps(loaded.config.to_dict(), indent=1) + "\n")
+    (out / TOKENIZER_FILE).write_bytes(
+        json.dumps(loaded.tokenizer.to_dict(), ensure_ascii=False, indent=1).encode("utf-8")
     )
-    (out / LEGACY_WEIGHTS_FILE).unlink(missing_ok=True)
-    return out
 
 
-def export(ckpt: str | Path, out_dir: str | Path, force: bool = False, log_dir: str | Path | None = None) -> Path:
-    """Export a checkpoint (file, run directory, `latest`, or an export directory) into out_dir; the
-    target is checked before anything is loaded, and an existing export is replaced only with force."""
-    out = check_export_target(out_dir, force)
-    return save_export(load_any(ckpt, log_dir=log_dir), out)
+def write_format(loaded: Loaded, out: Path, format: str) -> None:
+    if format == "hf":
+        from lit_gpt_char.core.hf import save_hf
+
+        save_hf(loaded.config, loaded.tokenizer, loaded.state_dict, loaded.info, out)
+        return
+    write_native(loaded, out)
+    if format == "onnx":
+        from lit_gpt_char.core.onnx_export import save_onnx
+
+        save_onnx(loaded.build(), out)
+
+
+def save_export(loaded: Loaded, out_dir: str | Path, format: str = "native") -> Path:
+    """Write the export into out_dir all at once: the files are made in a temporary directory beside it,
+    then moved in (a new out_dir is that directory, renamed). A failure leaves out_dir as it was; an
+    export of another format there is removed, so the directory holds one model."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    try:
+        write_format(loaded, tmp, format)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if not out.exists():
+            tmp.chmod(0o777 & ~_umask())
+            os.rename(tmp, out)
+            return out
+        for name in ALL_EXPORT_FILES:
+            if not (tmp / name).exists():
+                (out / name).unlink(missing_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def export(
+    ckpt: str | Path,
+    out_dir: str | Path,
+    force: bool = False,
+    log_dir: str | Path | None = None,
+    format: str = "native",
+) -> Path:
+    """Export a checkpoint (file, run directory, `latest`, or an export directory) into out_dir as
+    format (native | hf | onnx); the target is checked before anything is loaded, and an existing export
+    is replaced only with force."""
+    out = check_export_target(out_dir, force, format)
+    loaded = load_any(ckpt, log_dir=log_dir)
+    try:
+        return save_export(loaded, out, format)
+    except OSError as e:  # a full disk, a quota, a directory made read-only meanwhile
+        raise UserError(
+            f"out_dir={out}: the export could not be written ({e.strerror or e}); {out} is as it was before"
+        ) from None
