@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lit_gpt_char.training.module import LitGPT
-from lit_gpt_char.training.optim import OptimConfig, build_optimizer, warmup_cosine
+from lit_gpt_char.training.optim import Muon, OptimConfig, build_optimizer, native_bf16_matmuls, warmup_cosine
 
 LR, MIN, WARM, DECAY = 1e-3, 1e-4, 10, 110
 
@@ -160,3 +160,55 @@ def test_the_schedule_scales_both_optimizers_and_state_round_trips():
             assert all(
                 torch.equal(a.state[pa][k], b.state[pb][k]) for k in a.state[pa] if torch.is_tensor(a.state[pa][k])
             )
+
+
+def muon_steps(float32_ns: bool | None, steps: int = 3) -> tuple[list[torch.Tensor], dict]:
+    """Three steps of Muon (ours with float32_ns, or torch's own when None) on the same weights and gradients."""
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(24, 40)), torch.nn.Parameter(torch.randn(40, 24))]
+    kwargs = {"lr": 0.02, "momentum": 0.95, "weight_decay": 0.05}
+    opt = torch.optim.Muon(weights, **kwargs) if float32_ns is None else Muon(weights, float32_ns=float32_ns, **kwargs)
+    for i in range(steps):
+        for w in weights:
+            w.grad = torch.randn(w.shape, generator=torch.Generator().manual_seed(i))
+        opt.step()
+    return [w.detach().clone() for w in weights], opt.state_dict()
+
+
+def test_muon_is_torchs_where_bf16_is_native_and_float32_where_it_is_emulated():
+    torch_w, torch_state = muon_steps(None)
+    ours_w, _ = muon_steps(False)
+    assert all(torch.equal(a, b) for a, b in zip(torch_w, ours_w))  # torch's own step, untouched
+    f32_w, f32_state = muon_steps(True)
+    start, _ = muon_steps(None, steps=0)
+    for a, b, w0 in zip(torch_w, f32_w, start):
+        # the same update, computed in float32 instead of bf16: within bf16's error of torch's
+        assert (a - b).abs().max() < 0.02 * (a - w0).abs().max()
+        assert not torch.equal(a, b)
+    # the state is torch's: one checkpoint resumes with either
+    assert f32_state["param_groups"] == torch_state["param_groups"]
+    assert f32_state["state"].keys() == torch_state["state"].keys()
+    assert {k for s in f32_state["state"].values() for k in s} == {"momentum_buffer"}
+
+
+def test_muon_float32_is_the_textbook_update():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(24, 40))
+    g = torch.randn(24, 40)
+    w.grad = g.clone()
+    w0 = w.detach().double().clone()
+    Muon([w], float32_ns=True, lr=0.02, momentum=0.95, weight_decay=0.05).step()
+    buf = 0.05 * g.double()  # the momentum buffer after one step from zero
+    update = g.double().lerp(buf, 0.95)  # nesterov
+    x = update / update.norm()
+    a, b, c = torch.optim._muon.DEFAULT_A, torch.optim._muon.DEFAULT_B, torch.optim._muon.DEFAULT_C
+    for _ in range(5):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    want = w0 * (1 - 0.02 * 0.05) - 0.02 * math.sqrt(max(1, 24 / 40)) * x
+    assert (w.detach().double() - want).abs().max() < 1e-5
+
+
+def test_muon_picks_float32_by_the_machines_bf16():
+    muon = muon_module().configure_optimizers()["optimizer"].optimizers[0]
+    assert isinstance(muon, Muon) and muon.float32_ns == (not native_bf16_matmuls(torch.device("cpu")))
