@@ -20,6 +20,7 @@ from typing import Any
 from lit_gpt_char.config import register
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.options import Options, option
+from lit_gpt_char.training.budget import parse_budget
 from lit_gpt_char.training.callbacks import GenerateSamplesConfig, PlotCurvesConfig, ProgressLogConfig
 from lit_gpt_char.training.data import DataConfig
 from lit_gpt_char.training.module import ModelConfig
@@ -155,6 +156,11 @@ class TrainConfig(Options):
         "RNG and step); outputs go on in its run directory",
     )
     resume: str | None = option(None, "auto: resume the newest last.ckpt of the same experiment", choices=("auto",))
+    budget: Any = option(
+        None,
+        "train for this much training time, e.g. 90s, 10m, 1h30m: the lr schedule follows the clock and "
+        "trainer.max_steps is not used (results then depend on the machine's speed); null: by trainer.max_steps",
+    )
     matmul_precision: str | None = option(
         "high", "float32 matmuls: highest | high (TF32 on Ampere+ GPUs) | medium", choices=("highest", "high", "medium")
     )
@@ -169,6 +175,7 @@ class TrainConfig(Options):
     paths: Any = option(help="the paths group: PathsConfig", factory=dict)
 
     def check(self) -> None:
+        parse_budget(self.budget)
         if self.resume == "auto" and self.ckpt_path is not None:
             raise UserError(f"resume=auto and ckpt_path={self.ckpt_path}: give one of them")
 

@@ -28,6 +28,7 @@ from lit_gpt_char.core.evaluation import loss_sum
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.options import Options, build, option
+from lit_gpt_char.training.budget import BudgetClock, budget_schedule
 from lit_gpt_char.training.optim import OptimConfig, build_optimizer
 
 # The val loss is summed over ranks by hand (per character, see on_validation_epoch_end), so
@@ -178,8 +179,16 @@ class LitGPT(L.LightningModule):
         # One kernel for all parameters; not with fp16's GradScaler, which must unscale before clipping.
         precision = self._trainer.precision if self._trainer is not None else "32-true"  # also usable without a Trainer
         fused = self.device.type in ("cpu", "cuda") and precision != "16-mixed"
-        total = self._trainer.estimated_stepping_batches if self._trainer is not None else 1
-        optimizer, scheduler = build_optimizer(named, self._matrices, self.optim, int(total), fused)
+        clock = (
+            next((c for c in self._trainer.callbacks if isinstance(c, BudgetClock)), None) if self._trainer else None
+        )
+        if clock is not None:  # budget=...: the schedule follows the clock, the run has no step count
+            o = self.optim
+            factor = budget_schedule(o.warmup_steps, o.lr, o.min_lr, o.schedule, o.warmdown_fraction, clock)
+            optimizer, scheduler = build_optimizer(named, self._matrices, o, 1, fused, factor)
+        else:
+            total = self._trainer.estimated_stepping_batches if self._trainer is not None else 1
+            optimizer, scheduler = build_optimizer(named, self._matrices, self.optim, int(total), fused)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(

@@ -34,6 +34,7 @@ from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError, find_user_error, in_multirun
 from lit_gpt_char.results.status import RunRecord, update_status
 from lit_gpt_char.training import rundir
+from lit_gpt_char.training.budget import BudgetClock, describe, parse_budget
 from lit_gpt_char.training.callbacks import (
     WRITE_ERRORS,
     PlotCurves,
@@ -172,6 +173,8 @@ def hyperparameters_of(s: Settings) -> dict[str, Any]:
     training and the seed."""
     t = s.trainer
     trainer = {k: getattr(t, k) for k in ("max_steps", "precision", "accumulate_grad_batches", "gradient_clip_val")}
+    if s.run.budget is not None:  # then the clock, not max_steps, says how long it trains
+        trainer = {**trainer, "max_steps": None, "budget_s": parse_budget(s.run.budget)}
     return {
         "model": s.model.to_dict(),
         "optim": s.optim.to_dict(),
@@ -309,8 +312,14 @@ def train(cfg: DictConfig, plan: Plan) -> float | None:
             loggers.append(instantiate(c, f"logger.{name}", **purge))
     if loggers:  # the hyperparameters, with the best val loss as their metric, to every logger at the end
         callbacks.append(LogHyperparams(hyperparameters_of(settings)))
+    budget = parse_budget(settings.run.budget)
+    clock = BudgetClock(budget) if budget is not None else None
+    length = {}
+    if clock is not None:  # the clock ends the run (and sets the schedule): no step count
+        callbacks.append(clock)
+        length = {"max_steps": -1, "max_epochs": -1}
     choose_main_port(cfg.trainer)
-    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **length)
     if isinstance(trainer.strategy, FSDPStrategy) and any(isinstance(c, WeightAveraging) for c in callbacks):
         raise UserError(
             "callbacks.ema: Lightning's weight averaging keeps a whole copy of the model and cannot "
@@ -342,7 +351,14 @@ def train(cfg: DictConfig, plan: Plan) -> float | None:
         folder = Path(ckpt.dirpath) if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath else out / "checkpoints"
         raise write_failed(e, Path(e.filename or out), folder) from None
     best = best_model_score(trainer)
+    if clock is not None and trainer.is_global_zero:
+        update_status(out, budget_s=clock.seconds, trained_s=round(clock.spent, 1), steps=trainer.global_step)
     if trainer.is_global_zero:
+        if clock is not None:
+            print(
+                f"Training time:   {describe(clock.spent)} of budget={settings.run.budget} "
+                f"({trainer.global_step} steps; validation not counted)"
+            )
         print(f"Run directory:   {out}")
         if ckpt is not None and ckpt.best_model_path:
             print(f"Best checkpoint: {ckpt.best_model_path}")
