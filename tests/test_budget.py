@@ -63,6 +63,7 @@ def test_the_clock_counts_training_and_not_validation(monkeypatch):
 
     class Trainer:
         should_stop = False
+        world_size = 1
 
     t = Trainer()
     clock.on_train_start(t, None)
@@ -79,6 +80,36 @@ def test_the_clock_counts_training_and_not_validation(monkeypatch):
     resumed = BudgetClock(20.0)
     resumed.load_state_dict(clock.state_dict())
     assert resumed.fraction() == pytest.approx(0.5)
+
+
+def test_with_several_processes_rank_zeros_clock_decides(monkeypatch):
+    """Each rank's clock reads a little differently; rank 0's fraction, broadcast after every step, is
+    what every rank's schedule follows and what stops every rank at the same step (else one rank would
+    leave the loop a step early and the others would wait on it forever)."""
+    now = [0.0]
+    monkeypatch.setattr("lit_gpt_char.training.budget.time.perf_counter", lambda: now[0])
+    sent = []
+
+    class Strategy:
+        def broadcast(self, obj, src=0):
+            sent.append((obj, src))
+            return rank_zero_says[0]
+
+    class Trainer:
+        should_stop = False
+        world_size = 2
+        strategy = Strategy()
+
+    clock, t = BudgetClock(10.0), Trainer()
+    clock.on_train_start(t, None)
+    now[0] = 3.0
+    rank_zero_says = [0.35]
+    clock.on_train_batch_end(t, None, None, None, 0)
+    assert sent == [(0.3, 0)] and clock.fraction() == 0.35 and not t.should_stop
+    now[0] = 9.9  # this rank's clock is not yet at the end; rank 0's is
+    rank_zero_says = [1.0]
+    clock.on_train_batch_end(t, None, None, None, 1)
+    assert t.should_stop and clock.fraction() == 1.0
 
 
 @pytest.mark.slow

@@ -337,6 +337,23 @@ def test_ddp_cli_run_one_run_dir_rank_zero_output_and_sampling(tmp_path, corpus)
 
 
 @pytest.mark.slow
+def test_a_budget_run_with_two_processes_stops_every_rank_at_the_same_step(tmp_path, corpus):
+    """budget= under DDP: rank 0's clock decides for all, so both ranks leave the loop after the same
+    step (a rank that stopped alone would leave the other waiting in its next all-reduce: a hang)."""
+    run_dir = tmp_path / "run"
+    r = run_cli(
+        "train", *TINY, *DDP2, f"data.path={corpus}", "budget=3s", "trainer.val_check_interval=1000",
+        "data.val_max_batches=2", f"hydra.run.dir={run_dir}", timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("of budget=3s") == 1, r.stdout
+    status = json.loads((run_dir / "status.json").read_text())
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert status["status"] == "completed" and ckpt["global_step"] == status["steps"] > 1
+    assert 3.0 <= status["trained_s"] < 6.0
+
+
+@pytest.mark.slow
 def test_multirun_with_plain_ddp_fails_early_with_advice(tmp_path, corpus):
     sweep = tmp_path / "sweep"
     r = run_cli(

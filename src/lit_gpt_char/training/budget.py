@@ -12,6 +12,10 @@ the optimizer's moments are young, a number of steps on any machine); the EMA's 
 step and its horizon (1 / (1 - decay) steps) does not depend on the run's length; Muon's momentum
 is constant. So nothing else needs the clock.
 
+With several processes, rank 0's clock decides: its fraction is broadcast after every step, so every
+rank stops at the same step and applies the same learning rate (their own clocks would differ by
+microseconds, enough to stop one rank a step before the others and hang the run).
+
 A resumed budget run continues its clock: the time spent is saved in every checkpoint.
 Budget runs depend on the machine's speed by nature; step runs (budget=null, the default of
 experiment=seed and of the tests) stay bit-reproducible.
@@ -64,11 +68,17 @@ class BudgetClock(Callback):
         self.seconds = seconds
         self.spent = 0.0  # training seconds before `_since`
         self._since: float | None = None  # running since then (None: paused)
+        self._decided = 0.0  # the fraction at the end of the last step, the same on every rank
+
+    def elapsed(self) -> float:
+        """Training seconds spent so far on this process's clock."""
+        running = time.perf_counter() - self._since if self._since is not None else 0.0
+        return self.spent + running
 
     def fraction(self) -> float:
-        """The share of the budget spent, now (0 .. 1)."""
-        running = time.perf_counter() - self._since if self._since is not None else 0.0
-        return min(1.0, (self.spent + running) / self.seconds)
+        """The share of the budget spent at the end of the last training step (0 .. 1), as rank 0
+        measured it: what the schedule follows and what ends the run."""
+        return self._decided
 
     def _pause(self) -> None:
         if self._since is not None:
@@ -85,7 +95,12 @@ class BudgetClock(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
-        if self.fraction() >= 1.0:
+        # Lightning steps the lr scheduler after this hook: the rate of the next step follows this fraction.
+        f = min(1.0, self.elapsed() / self.seconds)
+        if trainer.world_size > 1:
+            f = trainer.strategy.broadcast(f, src=0)
+        self._decided = f
+        if f >= 1.0:
             trainer.should_stop = True
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -95,11 +110,11 @@ class BudgetClock(Callback):
         self._pause()
 
     def state_dict(self) -> dict[str, Any]:
-        running = time.perf_counter() - self._since if self._since is not None else 0.0
-        return {"seconds": self.seconds, "spent": self.spent + running}
+        return {"seconds": self.seconds, "spent": self.elapsed()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.spent = float(state_dict.get("spent", 0.0))
+        self._decided = min(1.0, self.spent / self.seconds)
 
 
 def budget_schedule(
