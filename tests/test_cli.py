@@ -16,7 +16,7 @@ import tomllib
 from helpers import REPO, clean_env, run_main
 
 from lit_gpt_char import bench, cli, evaluate, export, sample, train
-from lit_gpt_char.core.checkpoint import load_any, resolve_checkpoint
+from lit_gpt_char.loading import load_any, resolve_checkpoint
 
 
 def help_of(main, capsys) -> str:

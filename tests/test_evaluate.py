@@ -12,8 +12,6 @@ import torch
 from helpers import run_cli, run_main, scalars
 
 from lit_gpt_char import evaluate
-from lit_gpt_char.core.checkpoint import export
-from lit_gpt_char.core.corpus import DATA_STATE_KEY
 from lit_gpt_char.core.evaluation import (
     IGNORE,
     Windows,
@@ -23,6 +21,8 @@ from lit_gpt_char.core.evaluation import (
     sliding_windows,
 )
 from lit_gpt_char.core.model import GPT, GPTConfig
+from lit_gpt_char.export import export
+from lit_gpt_char.loading import DATA_STATE_KEY
 
 
 # --- the windows -----------------------------------------------------------------------------------------------

@@ -17,19 +17,12 @@ from safetensors.torch import load_file
 
 from lit_gpt_char import export as export_cli
 from lit_gpt_char import sample
-from lit_gpt_char.core.checkpoint import (
-    LEGACY_PARTS,
-    Loaded,
-    export,
-    load_any,
-    load_checkpoint,
-    load_exported,
-    resolve_checkpoint,
-    save_export,
-)
-from lit_gpt_char.core.generation import load_generator
+from lit_gpt_char.core.checkpoint import Loaded
+from lit_gpt_char.core.exports import LEGACY_PARTS, load_exported, save_export
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
+from lit_gpt_char.export import export
+from lit_gpt_char.loading import load_any, load_checkpoint, load_generator, resolve_checkpoint
 
 FILES = {"model.safetensors", "config.json", "tokenizer.json"}
 

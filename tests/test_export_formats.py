@@ -19,10 +19,13 @@ from helpers import GPT2_PARTS, MODEL_OPTIONS, option_model, require, run_cli, r
 
 from lit_gpt_char import export as export_cli
 from lit_gpt_char import sample
-from lit_gpt_char.core.checkpoint import Loaded, export, load_any, load_checkpoint, save_export
+from lit_gpt_char.core.checkpoint import Loaded
+from lit_gpt_char.core.exports import save_export
 from lit_gpt_char.core.generation import generate
 from lit_gpt_char.core.hf import is_gpt2
 from lit_gpt_char.core.tokenizer import CharTokenizer
+from lit_gpt_char.export import export
+from lit_gpt_char.loading import load_any, load_checkpoint
 
 VOCAB = "\n !,:;?EReahl"  # 13 characters: option_model's vocabulary
 IDS = [str(o) or "gpt2" for o in MODEL_OPTIONS]

@@ -33,10 +33,10 @@ from helpers import (
 from lit_gpt_char import plot, report, sample, train
 from lit_gpt_char.core import checkpoint as ckpt_files
 from lit_gpt_char.core import generation
-from lit_gpt_char.core.checkpoint import resolve_checkpoint
 from lit_gpt_char.core.generation import Decoder, quantize_int8
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.loading import load_generator, resolve_checkpoint
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -75,7 +75,7 @@ def test_int8_decoding_at_every_width(n_embd, n_head, kernel, parts, monkeypatch
 
 def test_int8_without_the_kernel_samples_in_bf16_with_a_notice(trained_run, monkeypatch, capsys):
     monkeypatch.setattr(generation, "INT8_KERNEL", False)
-    gen = generation.load_generator(trained_run, device="cpu", precision="int8")
+    gen = load_generator(trained_run, device="cpu", precision="int8")
     assert gen.precision == "bfloat16" and "no int8 CPU kernel" in capsys.readouterr().err
     assert len(gen.generate("the", max_new_tokens=20)) == 23
     assert generation.resolve_precision("auto", torch.device("cpu")) == "bf16"
@@ -406,11 +406,11 @@ def test_a_checkpoint_with_nan_weights_is_refused(trained_run, tmp_path):
     ckpt["state_dict"]["model.ln_f.weight"].fill_(float("nan"))
     torch.save(ckpt, tmp_path / "nan.ckpt")
     with pytest.raises(UserError, match=r"NaN or infinite values \(ln_f.weight\)"):
-        generation.load_generator(tmp_path / "nan.ckpt", device="cpu")
+        load_generator(tmp_path / "nan.ckpt", device="cpu")
 
 
 def test_tiny_temperatures_and_long_slides(trained_run):
-    gen = generation.load_generator(trained_run, device="cpu", precision="32")
+    gen = load_generator(trained_run, device="cpu", precision="32")
     greedy = gen.generate("the", max_new_tokens=40, temperature=0)
     assert gen.generate("the", max_new_tokens=40, temperature=1e-30) == greedy  # the limit, not a NaN
     with pytest.raises(UserError, match=r"slide=33: must be <= the model's block_size=32"):

@@ -4,17 +4,11 @@ import pytest
 import torch
 from helpers import DEFAULT_PARTS, MODEL_OPTIONS, option_model
 
-from lit_gpt_char.core.checkpoint import export, load_checkpoint
-from lit_gpt_char.core.generation import (
-    Decoder,
-    KVCache,
-    generate,
-    load_generator,
-    quantize_int8,
-    sample_logits,
-)
+from lit_gpt_char.core.generation import Decoder, KVCache, generate, quantize_int8, sample_logits
 from lit_gpt_char.core.model import GPT
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.export import export
+from lit_gpt_char.loading import load_checkpoint, load_generator
 
 
 @pytest.mark.parametrize("options", MODEL_OPTIONS, ids=[str(o) or "gpt2" for o in MODEL_OPTIONS])
@@ -155,7 +149,7 @@ def test_python_api_and_export_round_trip(trained_run, tmp_path):
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "tokenizer.json", "config.json"}
     assert load_generator(out, device="cpu").generate("the king", max_new_tokens=40, seed=3) == text
     (out / "config.json").unlink()  # the default parts cannot be read off the weights: config.json is needed
-    from lit_gpt_char.core.checkpoint import load_exported
+    from lit_gpt_char.core.exports import load_exported
 
     with pytest.raises(UserError, match=r"put the config\.json exported with them beside it"):
         load_exported(out / "model.safetensors", out / "tokenizer.json", n_head=4)

@@ -11,7 +11,7 @@ import os
 
 import pytest
 from helpers import TINY, run_main
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from lit_gpt_char import sample, train
@@ -85,8 +85,7 @@ def test_sample_with_random_options(trained_run, capsys, overrides):
     args = [f"{k}={hydra_value(v)}" for k, v in overrides.items()]
     for key, cap in SAMPLE_BOUNDED.items():  # a valid but large value is refused up front instead
         v = overrides.get(key)
-        if isinstance(v, int) and not isinstance(v, bool) and cap < v <= 100_000_000:
-            return
+        assume(not (isinstance(v, int) and not isinstance(v, bool) and cap < v <= 100_000_000))
     code = run_main(sample.main, f"ckpt={trained_run}", "max_new_tokens=20", *args)
     check(code, capsys.readouterr().err)
 
@@ -131,10 +130,8 @@ def test_train_with_random_options(corpus, tmp_path_factory, capsys, overrides):
     capsys.readouterr()
     for key, cap in TRAIN_BOUNDED.items():
         v = overrides.get(key)
-        if isinstance(v, int) and not isinstance(v, bool) and cap < v < 2**20:
-            return  # valid, but not a tiny run
-    if overrides.get("trainer.max_steps") == -1:
-        return  # valid (train by epochs), but a thousand steps
+        assume(not (isinstance(v, int) and not isinstance(v, bool) and cap < v < 2**20))  # valid, not tiny
+    assume(overrides.get("trainer.max_steps") != -1)  # valid (train by epochs), but a thousand steps
     run = tmp_path_factory.mktemp("prop") / "run"
     args = [f"{k}={hydra_value(v)}" for k, v in overrides.items()]
     code = run_main(

@@ -125,7 +125,7 @@ def test_sample_evaluate_and_serve_leave_the_compiler_and_lightning_unimported(t
     assert heavy(imported(r.stderr)) == []
     serving = (  # what serve runs up to uvicorn's loop, and one request through the app
         "from starlette.testclient import TestClient; from lit_gpt_char import serve; "
-        "from lit_gpt_char.playground import make_app; from lit_gpt_char.core.generation import load_generator; "
+        "from lit_gpt_char.playground import make_app; from lit_gpt_char.loading import load_generator; "
         f"gen = load_generator({str(trained_run)!r}); "
         "r = TestClient(make_app(gen, {})).post('/generate', json={'prompt': 'a', 'max_new_tokens': 5}); "
         "assert r.status_code == 200, r.text"

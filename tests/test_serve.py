@@ -23,7 +23,7 @@ import torch
 from helpers import REPO, clean_env, require, run_main
 
 from lit_gpt_char import serve
-from lit_gpt_char.core.generation import load_generator
+from lit_gpt_char.loading import load_generator
 
 require("starlette")
 require("uvicorn")

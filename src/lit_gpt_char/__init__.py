@@ -2,8 +2,11 @@
 
 Layers, each importing only those above it:
   options.py, errors.py   typed options (default, type, range, help once) and user errors
+  files.py                atomic writes (standard library only)
   core/                   no Lightning: tokenizer, token files, model, ops, generation, evaluation,
-                          checkpoint files
+                          checkpoints as plain values, exports
+  loading.py              a model from the path a user gives: Lightning checkpoints, run directories,
+                          `latest`, exports (knows training's file layout, imports no Lightning)
   training/               Lightning: data, optimizer, LightningModule, callbacks, distributed, run
   results/                no torch: run status, plots, sweep summaries
   config.py               Hydra glue: schemas in the ConfigStore, one-line config errors
@@ -20,8 +23,12 @@ __all__ = ["TextGenerator", "load_generator"]
 
 def __getattr__(name: str):
     # Imported on first use, so `import lit_gpt_char.<anything>` stays light.
-    if name in __all__:
-        from lit_gpt_char.core import generation
+    if name == "TextGenerator":
+        from lit_gpt_char.core.generation import TextGenerator
 
-        return getattr(generation, name)
+        return TextGenerator
+    if name == "load_generator":
+        from lit_gpt_char.loading import load_generator
+
+        return load_generator
     raise AttributeError(f"module 'lit_gpt_char' has no attribute {name!r}")

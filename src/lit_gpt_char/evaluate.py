@@ -21,11 +21,11 @@ import torch
 from omegaconf import DictConfig
 
 from lit_gpt_char.config import help_text, options, register, run
-from lit_gpt_char.core.checkpoint import Loaded, load_any
+from lit_gpt_char.core.checkpoint import Loaded
 from lit_gpt_char.core.corpus import DATA_DIR_ENV, SPLITS, split_ids
 from lit_gpt_char.core.evaluation import Score, read_text, score
-from lit_gpt_char.core.generation import load_generator
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.loading import load_any, load_generator
 from lit_gpt_char.options import Options, option
 
 

@@ -13,8 +13,31 @@ export leaves OUT_DIR as it was.
 
 from __future__ import annotations
 
-from lit_gpt_char.core.checkpoint import FORMATS, export
+from pathlib import Path
+
+from lit_gpt_char.core.exports import FORMATS, check_export_target, save_export
 from lit_gpt_char.errors import ArgumentParser, UserError, quiet_broken_pipes, user_errors
+from lit_gpt_char.loading import load_any
+
+
+def export(
+    ckpt: str | Path,
+    out_dir: str | Path,
+    force: bool = False,
+    log_dir: str | Path | None = None,
+    format: str = "native",
+) -> Path:
+    """Export a checkpoint (file, run directory, `latest`, or an export directory) into out_dir as
+    format (native | hf | onnx); the target is checked before anything is loaded, and an existing export
+    is replaced only with force."""
+    out = check_export_target(out_dir, force, format)
+    loaded = load_any(ckpt, log_dir=log_dir)
+    try:
+        return save_export(loaded, out, format)
+    except OSError as e:  # a full disk, a quota, a directory made read-only meanwhile
+        raise UserError(
+            f"out_dir={out}: the export could not be written ({e.strerror or e}); {out} is as it was before"
+        ) from None
 
 
 @user_errors

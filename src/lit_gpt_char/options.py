@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from lit_gpt_char.errors import UserError
 
 _RANGE_KEYS = ("ge", "gt", "le", "lt")
+SEED = 1337  # the default seed of training, its data, its samples and sampling (the seed notebook's)
 
 
 def option(

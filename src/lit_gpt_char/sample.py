@@ -19,9 +19,10 @@ from omegaconf import DictConfig  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from lit_gpt_char.config import help_text, options, register, run  # noqa: E402
-from lit_gpt_char.core.checkpoint import atomic_write_text, load_any  # noqa: E402
-from lit_gpt_char.core.generation import PRECISIONS, SamplingOptions, load_generator  # noqa: E402
+from lit_gpt_char.core.generation import SamplingOptions, precision_option  # noqa: E402
 from lit_gpt_char.errors import UserError, check_output_file  # noqa: E402
+from lit_gpt_char.files import atomic_write_text  # noqa: E402
+from lit_gpt_char.loading import load_any, load_generator  # noqa: E402
 from lit_gpt_char.options import option  # noqa: E402
 
 
@@ -44,9 +45,7 @@ class SampleConfig(SamplingOptions):
     )
     num_samples: int = option(1, "samples to write, each from seed + i", ge=1, le=100_000)
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = option(
-        "auto", "auto (int8 weights on CPU, bf16 on GPU) | 32 | bf16 | 16 | int8", choices=("auto", *PRECISIONS)
-    )
+    precision: str = precision_option()
     compile: Any = option(
         "auto",
         "torch.compile the decode step: true | false | auto (when max_new_tokens x num_samples >= 20000, "

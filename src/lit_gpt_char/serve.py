@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 
 from lit_gpt_char.config import help_text, options, register, run
-from lit_gpt_char.core.checkpoint import load_any
-from lit_gpt_char.core.generation import PRECISIONS, load_generator
+from lit_gpt_char.core.generation import precision_option
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.loading import load_any, load_generator
 from lit_gpt_char.options import Options, option
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
@@ -43,9 +43,7 @@ class ServeConfig(Options):
     port: int = option(8000, "the port to listen on; 0: any free one (printed at start)", ge=0, le=65535)
     max_chars: int = option(10_000, "the most characters one request may ask for", ge=1, le=10_000_000)
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = option(
-        "auto", "auto (int8 weights on CPU, bf16 on GPU) | 32 | bf16 | 16 | int8", choices=("auto", *PRECISIONS)
-    )
+    precision: str = precision_option()
     compile: bool = option(
         False, "torch.compile the decode step: 2-3x faster per character after a 20-50 s warm-up at the first request"
     )

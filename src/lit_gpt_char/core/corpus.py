@@ -21,18 +21,18 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from lit_gpt_char.core.tokenizer import UNITS, CharTokenizer
 from lit_gpt_char.core.tokens import TokenFile, file_sha256, load_tokens
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.files import atomic_file
 from lit_gpt_char.options import Options, build, option
 
 DATA_DIR_ENV = "LIT_GPT_CHAR_DATA_DIR"
 SPLITS = ("train", "val", "test")
-DATA_STATE_KEY = "TextDataModule"  # where a training checkpoint keeps Corpus.meta() (its data module's state)
 
 
 @dataclass
@@ -96,34 +96,29 @@ def is_zip_url(url: str) -> bool:
 def download(url: str, dest: Path, timeout: float = 30.0) -> None:
     """Fetch url into dest atomically (temporary file, then rename), so no half file is left. A
     .zip url is an archive that holds dest's name: that member is what lands at dest."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     archive = None
     try:
-        if is_zip_url(url):
-            os.close(fd)
-            fd, archive = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".zip.part")
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out)
-        if archive is not None:
-            extract_member(Path(archive), dest.name, Path(tmp), url)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_file(dest, suffix=".part") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            if not is_zip_url(url):
+                shutil.copyfileobj(resp, out)
+            else:
+                fd, archive = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".zip.part")
+                with os.fdopen(fd, "wb") as a:
+                    shutil.copyfileobj(resp, a)
+                extract_member(Path(archive), dest.name, out, url)
     finally:
         if archive is not None:
             Path(archive).unlink(missing_ok=True)
 
 
-def extract_member(archive: Path, member: str, out: Path, source: str) -> None:
+def extract_member(archive: Path, member: str, out: IO[bytes], source: str) -> None:
     try:
         with zipfile.ZipFile(archive) as z:
             names = z.namelist()
             if member not in names:
                 raise UserError(f"the archive {source} holds no file {member} (it holds {', '.join(names[:5])})")
-            with z.open(member) as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            with z.open(member) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
         raise UserError(f"the download from {source} is not a readable zip archive ({e})") from None
 
@@ -288,10 +283,3 @@ def split_ids(data: DataConfig | Mapping[str, Any] | None, split: str, data_dir:
             )
         raise UserError(f"split={split}: the corpus's {split} split holds {len(ids)} tokens: nothing to score")
     return Split(split, ids, corpus.tokenizer, corpus.meta())
-
-
-def corpus_meta_of(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
-    """What a training checkpoint records about its corpus (Corpus.meta); None for checkpoints
-    written before it did."""
-    meta = checkpoint.get(DATA_STATE_KEY)
-    return meta if isinstance(meta, dict) and meta else None

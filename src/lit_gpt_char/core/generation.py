@@ -19,18 +19,16 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lit_gpt_char.core.checkpoint import Loaded, load_any
 from lit_gpt_char.core.model import GPT
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError
-from lit_gpt_char.options import Options, build, option
+from lit_gpt_char.options import SEED, Options, build, option
 
 PRECISIONS = {
     "32": torch.float32,
@@ -41,6 +39,14 @@ PRECISIONS = {
     "16-true": torch.float16,
     "int8": torch.bfloat16,
 }
+
+
+def precision_option() -> Any:
+    """The `precision` option of sample and serve."""
+    shown = [p for p in PRECISIONS if not p.endswith("-true")]
+    return option(
+        "auto", f"auto (int8 weights on CPU, bf16 on GPU) | {' | '.join(shown)}", choices=("auto", *PRECISIONS)
+    )
 
 
 @dataclass
@@ -56,7 +62,7 @@ class SamplingOptions(Options):
         None, "sample among the most likely characters holding this much probability; null: all", gt=0, le=1
     )
     seed: int | None = option(
-        1337, "same seed and options, same text (on the same device); null: random", ge=0, le=2**64 - 1
+        SEED, "same seed and options, same text (on the same device); null: random", ge=0, le=2**64 - 1
     )
     slide: int | None = option(
         None,
@@ -514,24 +520,3 @@ class TextGenerator:
         opts = self.options(options)
         ids = self.encode_prompt(prompt, on_unknown)
         return self.tokenizer.decode(ids) + "".join(self._new_chars(ids, opts))
-
-
-def load_generator(
-    path: str | Path | Loaded,
-    device: str = "auto",
-    precision: str = "auto",
-    compile: bool | str = False,
-    log_dir: str | Path | None = None,
-    chars: int = 0,
-    fast_norms: bool = True,
-) -> TextGenerator:
-    """A TextGenerator from a .ckpt, a run directory, an export directory (model.safetensors or model.pt,
-    tokenizer.json, config.json), or `latest`: the run under log_dir that saved a checkpoint last.
-    compile: true | false | auto (compile when `chars`, the characters to be generated, repay it);
-    fast_norms=False keeps the model's own norms (evaluate: scores exactly as training computed them)."""
-    loaded = path if isinstance(path, Loaded) else load_any(path, log_dir=log_dir)
-    dev = pick_device(device)
-    precision = resolve_precision(precision, dev)
-    dtype, int8 = PRECISIONS[precision], precision == "int8"
-    gen = TextGenerator(loaded.build(), loaded.tokenizer, dev, dtype, int8=int8, fast_norms=fast_norms)
-    return gen.compile() if resolve_compile(compile, dev, chars) else gen

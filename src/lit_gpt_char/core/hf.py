@@ -245,7 +245,7 @@ def read_hf(
     path: Path, map_location: str | torch.device = "cpu"
 ) -> tuple[dict[str, Any], CharTokenizer, dict[str, torch.Tensor], dict[str, Any]]:
     """Our config dict, tokenizer, state dict and info of an export directory written by save_hf."""
-    from lit_gpt_char.core.checkpoint import read_safetensors
+    from lit_gpt_char.core.exports import read_safetensors
 
     config = json.loads((path / "config.json").read_text())
     if HF_KEY not in config:

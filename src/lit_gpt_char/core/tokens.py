@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import time
 import warnings
 import zlib
@@ -40,6 +39,7 @@ from filelock import FileLock, Timeout
 
 from lit_gpt_char.core.tokenizer import CharTokenizer, UnknownCharactersError
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -320,45 +320,23 @@ def build_token_file(corpus: Path, path: Path, unit: str, sha256: str, vocab: Se
     head = _header(meta)
     offset = struct.unpack("<Q", head[8:16])[0]
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, open(corpus, "rb") as f:
-            out.write(head)
-            crc, count, h, nbytes = 0, 0, hashlib.sha256(), 0
-            for chunk, start in _chunks(f, unit):
-                h.update(chunk)
-                ids = encode(chunk, start)
-                crc = zlib.crc32(ids, crc)
-                count += len(ids) // np.dtype(DTYPES[dtype][0]).itemsize
-                nbytes += len(chunk)
-                out.write(ids)
-            if h.hexdigest() != sha256:
-                raise UserError(f"the corpus {corpus} changed while it was being tokenized: run again")
-            if count == 0:
-                raise UserError(f"the corpus {corpus} is empty: pass data.path= a file with text in it")
-            meta.update(count=count, crc32=crc, corpus_bytes=nbytes)
-            out.seek(0)
-            out.write(_header(meta, offset))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_file(path, suffix=".part") as out, open(corpus, "rb") as f:  # a killed build leaves a .part
+        out.write(head)
+        crc, count, h, nbytes = 0, 0, hashlib.sha256(), 0
+        for chunk, start in _chunks(f, unit):
+            h.update(chunk)
+            ids = encode(chunk, start)
+            crc = zlib.crc32(ids, crc)
+            count += len(ids) // np.dtype(DTYPES[dtype][0]).itemsize
+            nbytes += len(chunk)
+            out.write(ids)
+        if h.hexdigest() != sha256:
+            raise UserError(f"the corpus {corpus} changed while it was being tokenized: run again")
+        if count == 0:
+            raise UserError(f"the corpus {corpus} is empty: pass data.path= a file with text in it")
+        meta.update(count=count, crc32=crc, corpus_bytes=nbytes)
+        out.seek(0)
+        out.write(_header(meta, offset))
 
 
 def load_tokens(

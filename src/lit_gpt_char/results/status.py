@@ -27,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from lit_gpt_char.errors import TrainingDiverged, find_user_error, in_multirun
+from lit_gpt_char.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,7 @@ RUNNING, COMPLETED, FAILED, DIVERGED, INTERRUPTED, DIED = (
 
 def write_status(run_dir: str | Path, status: str, **info: Any) -> None:
     """Replace run_dir/status.json atomically, so a reader never sees half a file."""
-    path = Path(run_dir) / STATUS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}")
-    tmp.write_text(json.dumps({"status": status, **info}, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps({"status": status, **info}, indent=2, default=str) + "\n")
 
 
 def update_status(run_dir: str | Path, **info: Any) -> None:

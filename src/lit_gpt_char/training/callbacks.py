@@ -31,9 +31,9 @@ from rich.panel import Panel
 from rich.text import Text
 
 from lit_gpt_char.core.checkpoint import atomic_save
-from lit_gpt_char.core.generation import generate
+from lit_gpt_char.core.generation import SamplingOptions, generate
 from lit_gpt_char.errors import TrainingDiverged, UserError
-from lit_gpt_char.options import Options, build, option
+from lit_gpt_char.options import SEED, Options, build, option
 from lit_gpt_char.results import plots
 from lit_gpt_char.training.loggers import log_images, log_text
 from lit_gpt_char.training.module import LitGPT
@@ -236,8 +236,8 @@ class PicklableEMA(EMAWeightAveraging):
     (torch's get_ema_avg_fn). A copy is the callback built again from the same arguments, which is
     all there is before training starts (the average itself is made in the workers)."""
 
-    def __init__(self, **kwargs: Any):
-        decay = kwargs.get("decay", 0.999)
+    def __init__(self, decay: float = 0.99, **kwargs: Any):
+        kwargs["decay"] = decay  # conf/callbacks/ema.yaml sets the same (a test holds them equal)
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay <= 1:
             raise UserError(
                 f"callbacks.ema.decay={decay}: must be a number in [0, 1], the old average's weight at each "
@@ -260,10 +260,10 @@ class GenerateSamplesConfig(Options):
     )
     prompt: str = option("\n", "the text each sample continues (characters the corpus lacks are dropped)")
     max_new_tokens: int = option(300, "characters per sample; 0: no samples", ge=0, le=1_000_000)
-    temperature: float = option(0.8, "0: greedy; 1: the model's distribution", ge=0, le=1e4)
-    top_k: int | None = option(None, "sample among the k most likely characters only; null: all", ge=1)
+    temperature: float = option(SamplingOptions.temperature, "0: greedy; 1: the model's distribution", ge=0, le=1e4)
+    top_k: int | None = option(SamplingOptions.top_k, "sample among the k most likely characters only; null: all", ge=1)
     seed: int = option(
-        1337, "the samples' own generator seed (training's random streams are untouched)", ge=0, le=2**64 - 1
+        SEED, "the samples' own generator seed (training's random streams are untouched)", ge=0, le=2**64 - 1
     )
 
 

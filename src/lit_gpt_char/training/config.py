@@ -19,7 +19,7 @@ from typing import Any
 
 from lit_gpt_char.config import register
 from lit_gpt_char.errors import UserError
-from lit_gpt_char.options import Options, option
+from lit_gpt_char.options import SEED, Options, option
 from lit_gpt_char.training.budget import parse_budget
 from lit_gpt_char.training.callbacks import GenerateSamplesConfig, PlotCurvesConfig, ProgressLogConfig
 from lit_gpt_char.training.data import DataConfig
@@ -149,7 +149,7 @@ class TrainConfig(Options):
     """The top-level keys of `python -m lit_gpt_char.train` (the groups have their own schemas)."""
 
     task_name: str = option("train", "runs go to paths.log_dir/<task_name>/")
-    seed: int = option(1337, "seeds weights, data order, dropout (same seed, same run)", ge=0, le=2**32 - 1)
+    seed: int = option(SEED, "seeds weights, data order, dropout (same seed, same run)", ge=0, le=2**32 - 1)
     ckpt_path: str | None = option(
         None,
         "a .ckpt to resume from (weights, optimizer, schedule, data sampler, "

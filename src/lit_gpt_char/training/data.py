@@ -27,11 +27,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_gpt_char.core.corpus import (  # noqa: F401  (re-exported: the data layer's names)
     DATA_DIR_ENV,
-    DATA_STATE_KEY,
     Corpus,
     DataConfig,
     Split,
-    corpus_meta_of,
     default_data_dir,
     ensure_corpus,
     sha256_of,
@@ -42,6 +40,8 @@ from lit_gpt_char.core.evaluation import Windows, consecutive_windows, random_wi
 from lit_gpt_char.core.model import GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.loading import DATA_STATE_KEY, corpus_meta_of  # noqa: F401  (re-exported)
+from lit_gpt_char.options import SEED
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 VAL_SAMPLE_SEED = 0  # the sample of val windows is the same in every run (comparable curves)
@@ -155,7 +155,7 @@ class TextDataModule(L.LightningDataModule):
         data: DataConfig | Mapping[str, Any] | None = None,
         *,
         block_size: int = GPTConfig.block_size,
-        seed: int = 1337,
+        seed: int = SEED,
         data_dir: str | None = None,
         tokenizer_path: str | None = None,
     ):
