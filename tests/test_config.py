@@ -18,7 +18,8 @@ from lit_gpt_char.core.generation import SamplingOptions
 from lit_gpt_char.core.model import GPTConfig
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.options import describe
-from lit_gpt_char.training.callbacks import GenerateSamples, GenerateSamplesConfig, PlotCurvesConfig
+from lit_gpt_char.training.callbacks.curves import PlotCurvesConfig
+from lit_gpt_char.training.callbacks.samples import GenerateSamples, GenerateSamplesConfig
 from lit_gpt_char.training.config import SCHEMAS, PathsConfig, TrainConfig, TrainerConfig
 from lit_gpt_char.training.data import DataConfig, TextDataModule
 from lit_gpt_char.training.module import LitGPT, ModelConfig

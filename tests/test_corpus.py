@@ -18,8 +18,8 @@ from helpers import TINY, make_text, run_main, scalars
 
 from lit_gpt_char import train
 from lit_gpt_char.core import tokens as tokens_mod
-from lit_gpt_char.core.generation import TextGenerator
 from lit_gpt_char.core.model import GPT, GPTConfig
+from lit_gpt_char.core.text_generator import TextGenerator
 from lit_gpt_char.core.tokenizer import CharTokenizer, UnknownCharactersError
 from lit_gpt_char.core.tokens import load_tokens, token_file_path
 from lit_gpt_char.errors import UserError

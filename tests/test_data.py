@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lit_gpt_char.core.evaluation import IGNORE
+from lit_gpt_char.core.windows import IGNORE
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.training.data import DataConfig, RandomWindows, TextDataModule, ValWindows, ensure_corpus
 

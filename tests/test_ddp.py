@@ -20,7 +20,7 @@ from helpers import TINY, compose_hydra, compose_train, run_cli
 from omegaconf import OmegaConf
 from torch.multiprocessing.spawn import ProcessExitedException
 
-from lit_gpt_char.core.evaluation import Windows, loss_sum
+from lit_gpt_char.core.windows import Windows, loss_sum
 from lit_gpt_char.training import distributed
 from lit_gpt_char.training.data import TextDataModule, ValWindows
 from lit_gpt_char.training.distributed import (
@@ -150,7 +150,7 @@ def test_generate_samples_stands_aside_under_fsdp():
     """Sampling on rank 0 alone would hang on sharded weights: the callback warns once and skips."""
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from lit_gpt_char.training.callbacks import GenerateSamples
+    from lit_gpt_char.training.callbacks.samples import GenerateSamples
 
     trainer = SimpleNamespace(strategy=FSDPStrategy(), global_step=10, is_global_zero=True)
     callback = GenerateSamples(every_n_steps=5)
@@ -378,7 +378,7 @@ def test_the_ema_callback_survives_pickling_for_ddp_spawn():
     """ddp_spawn pickles the callbacks; Lightning's EMA holds a local function, ours rebuilds itself."""
     import pickle
 
-    from lit_gpt_char.training.callbacks import PicklableEMA
+    from lit_gpt_char.training.callbacks.ema import PicklableEMA
 
     ema = PicklableEMA(decay=0.9, update_starting_at_step=3)
     copy = pickle.loads(pickle.dumps(ema))

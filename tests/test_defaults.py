@@ -21,7 +21,8 @@ from lit_gpt_char.evaluate import EvaluateConfig
 from lit_gpt_char.options import SEED
 from lit_gpt_char.sample import SampleConfig
 from lit_gpt_char.serve import ServeConfig
-from lit_gpt_char.training.callbacks import GenerateSamplesConfig, PicklableEMA
+from lit_gpt_char.training.callbacks.ema import PicklableEMA
+from lit_gpt_char.training.callbacks.samples import GenerateSamplesConfig
 from lit_gpt_char.training.config import SCHEMAS, TrainConfig
 from lit_gpt_char.training.data import TextDataModule
 

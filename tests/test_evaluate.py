@@ -12,15 +12,9 @@ import torch
 from helpers import run_cli, run_main, scalars
 
 from lit_gpt_char import evaluate
-from lit_gpt_char.core.evaluation import (
-    IGNORE,
-    Windows,
-    consecutive_windows,
-    loss_sum,
-    score,
-    sliding_windows,
-)
+from lit_gpt_char.core.evaluation import score
 from lit_gpt_char.core.model import GPT, GPTConfig
+from lit_gpt_char.core.windows import IGNORE, Windows, consecutive_windows, loss_sum, sliding_windows
 from lit_gpt_char.export import export
 from lit_gpt_char.loading import DATA_STATE_KEY
 

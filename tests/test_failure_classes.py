@@ -32,8 +32,9 @@ from helpers import (
 
 from lit_gpt_char import plot, report, sample, train
 from lit_gpt_char.core import checkpoint as ckpt_files
-from lit_gpt_char.core import generation
-from lit_gpt_char.core.generation import Decoder, quantize_int8
+from lit_gpt_char.core import cpu_decode, text_generator
+from lit_gpt_char.core.cpu_decode import quantize_int8
+from lit_gpt_char.core.generation import Decoder
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.loading import load_generator, resolve_checkpoint
@@ -55,7 +56,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 def test_int8_decoding_at_every_width(n_embd, n_head, kernel, parts, monkeypatch):
     """Widths the int8 kernel cannot take (not a multiple of 16) are padded; without the kernel the
     weights are dequantized. Either way the decode steps track the float model closely."""
-    monkeypatch.setattr(generation, "INT8_KERNEL", kernel and hasattr(torch, "_weight_int8pack_mm"))
+    monkeypatch.setattr(cpu_decode, "INT8_KERNEL", kernel and hasattr(torch, "_weight_int8pack_mm"))
     torch.manual_seed(0)
     fp = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=2, n_head=n_head, n_embd=n_embd, **parts)).eval()
     fill_zero_weights(fp)
@@ -74,11 +75,11 @@ def test_int8_decoding_at_every_width(n_embd, n_head, kernel, parts, monkeypatch
 
 
 def test_int8_without_the_kernel_samples_in_bf16_with_a_notice(trained_run, monkeypatch, capsys):
-    monkeypatch.setattr(generation, "INT8_KERNEL", False)
+    monkeypatch.setattr(text_generator, "INT8_KERNEL", False)
     gen = load_generator(trained_run, device="cpu", precision="int8")
     assert gen.precision == "bfloat16" and "no int8 CPU kernel" in capsys.readouterr().err
     assert len(gen.generate("the", max_new_tokens=20)) == 23
-    assert generation.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert text_generator.resolve_precision("auto", torch.device("cpu")) == "bf16"
 
 
 # --- 2, 3. a resume that cannot work touches nothing; one that works continues in its run's directory ----------

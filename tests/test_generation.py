@@ -4,7 +4,8 @@ import pytest
 import torch
 from helpers import DEFAULT_PARTS, MODEL_OPTIONS, option_model
 
-from lit_gpt_char.core.generation import Decoder, KVCache, generate, quantize_int8, sample_logits
+from lit_gpt_char.core.cpu_decode import quantize_int8
+from lit_gpt_char.core.generation import Decoder, KVCache, generate, sample_logits
 from lit_gpt_char.core.model import GPT
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.export import export
@@ -275,7 +276,8 @@ def test_an_explicit_slide_turns_rolling_off():
 def test_the_two_operation_norms_of_cpu_decoding_equal_the_models(options):
     """TextGenerator swaps every RMSNorm (QK-norm's too) for x / |x| * sqrt(width) * weight on a CPU: the
     same logits as the model's own norms, in float32 and (to bf16's precision) with int8 weights."""
-    from lit_gpt_char.core.generation import TextGenerator, TwoOpRMSNorm
+    from lit_gpt_char.core.cpu_decode import TwoOpRMSNorm
+    from lit_gpt_char.core.text_generator import TextGenerator
     from lit_gpt_char.core.tokenizer import CharTokenizer
 
     m = option_model(**options)

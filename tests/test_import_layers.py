@@ -74,7 +74,7 @@ ALLOWED = {
 
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
 def test_no_layer_imports_a_layer_below_it(layer):
-    paths = [SRC / layer] if layer.endswith(".py") else list((SRC / layer).glob("*.py"))
+    paths = [SRC / layer] if layer.endswith(".py") else list((SRC / layer).rglob("*.py"))
     for path in paths:
         for module in imports_of(path):
             assert module.startswith(ALLOWED[layer]) or module == "lit_gpt_char", f"{path.name} imports {module}"

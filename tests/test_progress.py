@@ -9,8 +9,8 @@ import re
 import lightning as L
 import pytest
 
-from lit_gpt_char.training import callbacks
-from lit_gpt_char.training.callbacks import ProgressBar, ProgressLog
+from lit_gpt_char.training.callbacks import progress
+from lit_gpt_char.training.callbacks.progress import ProgressBar, ProgressLog
 from lit_gpt_char.training.data import TextDataModule
 from lit_gpt_char.training.module import LitGPT
 
@@ -63,7 +63,7 @@ def test_progress_lines_go_to_the_log_file_and_to_stdout_when_it_is_not_a_termin
 
 def test_no_progress_lines_on_a_terminal(corpus, tmp_path, capsys, monkeypatch):
     """A terminal has the progress bar: the lines go to the log file only (or to stdout if asked)."""
-    monkeypatch.setattr(callbacks, "_stdout_is_terminal", lambda: True)
+    monkeypatch.setattr(progress, "_stdout_is_terminal", lambda: True)
     assert len(fit_with(corpus, tmp_path)) == 4
     assert "step 4/10" not in capsys.readouterr().out
     fit_with(corpus, tmp_path, stdout=True)

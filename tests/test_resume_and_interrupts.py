@@ -49,7 +49,7 @@ def test_checkpoint_write_killed_midway_leaves_previous_intact(tmp_path):
     target = tmp_path / "last.ckpt"
     script = f"""
 import sys, torch
-from lit_gpt_char.training.callbacks import AtomicCheckpointIO
+from lit_gpt_char.training.callbacks.checkpoint_io import AtomicCheckpointIO
 io = AtomicCheckpointIO()
 io.save_checkpoint({{"global_step": 1, "w": torch.ones(3)}}, {str(target)!r})
 print("first saved", flush=True)

@@ -139,7 +139,7 @@ def test_sample_evaluate_and_serve_leave_the_compiler_and_lightning_unimported(t
 
 
 def test_compile_auto_is_a_rule_of_length_and_a_bad_value_is_one_line(monkeypatch, capsys):
-    from lit_gpt_char.core import generation
+    from lit_gpt_char.core import text_generator as generation
 
     cpu = torch.device("cpu")
     assert generation.resolve_compile(True, cpu, 1) and not generation.resolve_compile(False, cpu, 10**9)

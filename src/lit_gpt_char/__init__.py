@@ -24,7 +24,7 @@ __all__ = ["TextGenerator", "load_generator"]
 def __getattr__(name: str):
     # Imported on first use, so `import lit_gpt_char.<anything>` stays light.
     if name == "TextGenerator":
-        from lit_gpt_char.core.generation import TextGenerator
+        from lit_gpt_char.core.text_generator import TextGenerator
 
         return TextGenerator
     if name == "load_generator":

@@ -19,7 +19,7 @@ import torch
 
 from lit_gpt_char.core.checkpoint import Loaded, load_state, safe_load
 from lit_gpt_char.core.exports import read_export
-from lit_gpt_char.core.generation import PRECISIONS, TextGenerator, pick_device, resolve_compile, resolve_precision
+from lit_gpt_char.core.text_generator import PRECISIONS, TextGenerator, pick_device, resolve_compile, resolve_precision
 from lit_gpt_char.errors import UserError
 
 LATEST = "latest"  # ckpt=latest: the best checkpoint of the run that saved one last

@@ -30,7 +30,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import Send
 
-from lit_gpt_char.core.generation import SamplingOptions, TextGenerator
+from lit_gpt_char.core.generation import SamplingOptions
+from lit_gpt_char.core.text_generator import TextGenerator
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.options import build
 

@@ -19,7 +19,8 @@ from omegaconf import DictConfig  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from lit_gpt_char.config import help_text, options, register, run  # noqa: E402
-from lit_gpt_char.core.generation import SamplingOptions, precision_option  # noqa: E402
+from lit_gpt_char.core.generation import SamplingOptions  # noqa: E402
+from lit_gpt_char.core.text_generator import precision_option  # noqa: E402
 from lit_gpt_char.errors import UserError, check_output_file  # noqa: E402
 from lit_gpt_char.files import atomic_write_text  # noqa: E402
 from lit_gpt_char.loading import load_any, load_generator  # noqa: E402

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 
 from lit_gpt_char.config import help_text, options, register, run
-from lit_gpt_char.core.generation import precision_option
+from lit_gpt_char.core.text_generator import precision_option
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.loading import load_any, load_generator
 from lit_gpt_char.options import Options, option

@@ -13,7 +13,6 @@ conf/train.yaml and its groups select these and override values; the defaults ar
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,9 @@ from lit_gpt_char.config import register
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.options import SEED, Options, option
 from lit_gpt_char.training.budget import parse_budget
-from lit_gpt_char.training.callbacks import GenerateSamplesConfig, PlotCurvesConfig, ProgressLogConfig
+from lit_gpt_char.training.callbacks.curves import PlotCurvesConfig
+from lit_gpt_char.training.callbacks.progress import ProgressLogConfig
+from lit_gpt_char.training.callbacks.samples import GenerateSamplesConfig
 from lit_gpt_char.training.data import DataConfig
 from lit_gpt_char.training.module import ModelConfig
 from lit_gpt_char.training.optim import OptimConfig
@@ -89,7 +90,7 @@ class TrainerConfig(Options):
     logger: Any = option(None, "set by the logger group; false: no logger")
     plugins: Any = option(
         help="Trainer plugins; the default writes checkpoints atomically",
-        factory=lambda: [{"_target_": "lit_gpt_char.training.callbacks.AtomicCheckpointIO"}],
+        factory=lambda: [{"_target_": "lit_gpt_char.training.callbacks.checkpoint_io.AtomicCheckpointIO"}],
     )
 
     def check(self) -> None:
@@ -180,11 +181,20 @@ class TrainConfig(Options):
             raise UserError(f"resume=auto and ckpt_path={self.ckpt_path}: give one of them")
 
 
-def node(cls: type, target: str) -> type:
-    """cls with a `_target_` field: the schema of a config node that Hydra instantiates."""
-    return dataclasses.make_dataclass(
-        cls.__name__ + "Node", [("_target_", str, dataclasses.field(default=target))], bases=(cls,)
-    )
+# The schemas of the callbacks Hydra instantiates: their options, and the class to build.
+@dataclass
+class GenerateSamplesNode(GenerateSamplesConfig):
+    _target_: str = "lit_gpt_char.training.callbacks.samples.GenerateSamples"
+
+
+@dataclass
+class PlotCurvesNode(PlotCurvesConfig):
+    _target_: str = "lit_gpt_char.training.callbacks.curves.PlotCurves"
+
+
+@dataclass
+class ProgressLogNode(ProgressLogConfig):
+    _target_: str = "lit_gpt_char.training.callbacks.progress.ProgressLog"
 
 
 SCHEMAS: dict[str, type] = {
@@ -194,9 +204,9 @@ SCHEMAS: dict[str, type] = {
     "data": DataConfig,
     "trainer": TrainerConfig,
     "paths": PathsConfig,
-    "generate_samples": node(GenerateSamplesConfig, "lit_gpt_char.training.callbacks.GenerateSamples"),
-    "plot_curves": node(PlotCurvesConfig, "lit_gpt_char.training.callbacks.PlotCurves"),
-    "progress_log": node(ProgressLogConfig, "lit_gpt_char.training.callbacks.ProgressLog"),
+    "generate_samples": GenerateSamplesNode,
+    "plot_curves": PlotCurvesNode,
+    "progress_log": ProgressLogNode,
 }
 for _name, _schema in SCHEMAS.items():
     register(_name, _schema)

@@ -5,7 +5,7 @@ file; enwik8, text8) and serves:
 
 - training batches of random windows drawn by a seeded generator (one per rank), cut from the
   mapped token file by indexing, with the generator state saved in checkpoints for exact resume;
-- validation over the WHOLE val split in consecutive non-overlapping windows (core.evaluation's,
+- validation over the WHOLE val split in consecutive non-overlapping windows (core.windows',
   the ones `python -m lit_gpt_char.evaluate` scores), shared out across ranks and padded with
   masked windows so every rank runs as many batches: the val loss is the true per-character
   loss of the split. A val split larger than data.val_sample_tokens is scored during training
@@ -36,9 +36,9 @@ from lit_gpt_char.core.corpus import (  # noqa: F401  (re-exported: the data lay
     split_ids,
     split_sizes,
 )
-from lit_gpt_char.core.evaluation import Windows, consecutive_windows, random_windows
 from lit_gpt_char.core.model import GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
+from lit_gpt_char.core.windows import Windows, consecutive_windows, random_windows
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.loading import DATA_STATE_KEY, corpus_meta_of  # noqa: F401  (re-exported)
 from lit_gpt_char.options import SEED
@@ -115,7 +115,7 @@ class RandomWindows:
 
 class ValWindows(Windows):
     """Validation batches: the split cut into consecutive windows of block_size targets
-    (core.evaluation.consecutive_windows, as `evaluate` cuts them).
+    (core.windows.consecutive_windows, as `evaluate` cuts them).
 
     Window i covers targets [i*T+1, (i+1)*T] of the split; the last one may be shorter, so
     every target of the split is scored exactly once. With several ranks, rank r takes windows

@@ -24,9 +24,9 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
-from lit_gpt_char.core.evaluation import loss_sum
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
+from lit_gpt_char.core.windows import loss_sum
 from lit_gpt_char.options import Options, build, option
 from lit_gpt_char.training.budget import BudgetClock, budget_schedule
 from lit_gpt_char.training.optim import OptimConfig, build_optimizer

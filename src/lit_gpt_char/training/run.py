@@ -35,13 +35,9 @@ from lit_gpt_char.errors import UserError, find_user_error, in_multirun
 from lit_gpt_char.results.status import RunRecord, update_status
 from lit_gpt_char.training import rundir
 from lit_gpt_char.training.budget import BudgetClock, describe, parse_budget
-from lit_gpt_char.training.callbacks import (
-    WRITE_ERRORS,
-    PlotCurves,
-    SaveOnInterrupt,
-    quiet_write_errors_in_threads,
-    write_failed,
-)
+from lit_gpt_char.training.callbacks.checkpoint_io import WRITE_ERRORS, quiet_write_errors_in_threads, write_failed
+from lit_gpt_char.training.callbacks.curves import PlotCurves
+from lit_gpt_char.training.callbacks.stops import SaveOnInterrupt
 from lit_gpt_char.training.config import PathsConfig, TrainConfig, TrainerConfig
 from lit_gpt_char.training.data import DataConfig, TextDataModule
 from lit_gpt_char.training.distributed import best_model_score, check_launch, choose_main_port, effective_batch
