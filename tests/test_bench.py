@@ -37,6 +37,10 @@ def test_bench_train_json(corpus):
         "lightning_overhead",
     ):
         assert key in out, key
+    # Where a step goes: the parts of the plain loop's step add up to about its whole (medians of each).
+    parts = [out[f"{k}_ms"] for k in ("data", "forward", "backward", "clip", "optimizer", "ema")]
+    assert all(p >= 0 for p in parts) and out["optimizer_ms"] > 0 and out["ema_ms"] > 0
+    assert sum(parts) == pytest.approx(out["plain_loop_ms_per_step"], rel=0.5)
     # MFU is over a peak this command measures itself: it can come out above 1 (a peak measured low).
     assert out["tokens_per_s"] > 0 and out["mfu"] > 0 and math.isfinite(out["mfu"])
     assert out["baseline_tokens_per_s"] > 0

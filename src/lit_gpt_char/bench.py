@@ -52,7 +52,9 @@ class BenchConfig(TrainConfig):
     steps: int = option(20, "timed training steps", ge=1, le=1_000_000)
     warmup_steps: int = option(3, "untimed steps first (compilation, allocator warm-up)", ge=0, le=1_000_000)
     plain_loop: bool = option(
-        True, "also time the same model and batches in a plain PyTorch loop (Lightning's overhead)"
+        True,
+        "also time the same model and batches in a plain PyTorch loop (Lightning's overhead), and each part "
+        "of its step (data, forward, backward, clip, optimizer, ema)",
     )
     new_tokens: int = option(500, "sample mode: characters generated after a 1-character prompt", ge=1, le=10_000_000)
     repeats: int = option(
@@ -117,6 +119,9 @@ class StepTimer(L.Callback):
         self._last = now
 
 
+PARTS = ("data", "forward", "backward", "clip", "optimizer", "ema")
+
+
 def time_plain_loop(
     module: LitGPT,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -125,31 +130,52 @@ def time_plain_loop(
     clip: float | None,
     steps: int,
     warmup: int,
-) -> float:
-    """Seconds per step of the same model and optimizer in a hand-written loop."""
+    ema_decay: float | None = None,
+) -> tuple[float, dict[str, float]]:
+    """Seconds per step of the same model and optimizer in a hand-written loop, and the median seconds
+    of each part of a step (PARTS: the batch, forward, backward, clipping, the optimizer with its
+    schedule, and the EMA update callbacks.ema makes, as Lightning's EMAWeightAveraging does it)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+
     model = module.model.to(device).train()
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+    ema = AveragedModel(model, avg_fn=get_ema_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
     dtype = autocast_dtype(precision)
     ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     it = iter(batches)
-    times, last = [], None
+    times: list[float] = []
+    parts: dict[str, list[float]] = {k: [] for k in PARTS}
     for i in range(warmup + steps):
+        marks = [time.perf_counter()]
         x, y = (t.to(device, non_blocking=True) for t in next(it))
+        sync(device)
+        marks.append(time.perf_counter())
         with ctx:
             _, loss = module(x, y)
+        sync(device)
+        marks.append(time.perf_counter())
         loss.backward()
+        sync(device)
+        marks.append(time.perf_counter())
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        sync(device)
+        marks.append(time.perf_counter())
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
         sync(device)
-        now = time.perf_counter()
-        if last is not None and i >= warmup:
-            times.append(now - last)
-        last = now
-    return sorted(times)[len(times) // 2]
+        marks.append(time.perf_counter())
+        if ema is not None:
+            ema.update_parameters(model)
+        sync(device)
+        marks.append(time.perf_counter())
+        if i >= warmup:
+            times.append(marks[-1] - marks[0])
+            for k, a, b in zip(PARTS, marks, marks[1:]):
+                parts[k].append(b - a)
+    return median(times), {k: median(v) for k, v in parts.items()}
 
 
 BUILTIN = "builtin"
@@ -204,7 +230,8 @@ def bench_train(cfg: DictConfig, s: Settings) -> dict:
         "peak_matmul_tflops": peak / 1e12,
     }
     if cfg.plain_loop:
-        plain_s = time_plain_loop(
+        ema = (cfg.get("callbacks") or {}).get("ema")
+        plain_s, parts = time_plain_loop(
             module,
             datamodule.train_dataloader(),
             device,
@@ -212,9 +239,11 @@ def bench_train(cfg: DictConfig, s: Settings) -> dict:
             cfg.trainer.gradient_clip_val,
             cfg.steps,
             cfg.warmup_steps,
+            ema_decay=ema.decay if ema else None,
         )
         out["plain_loop_ms_per_step"] = 1000 * plain_s
         out["lightning_overhead"] = step_s / plain_s - 1
+        out |= {f"{k}_ms": 1000 * v for k, v in parts.items()}  # where a step's time goes
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cfg.baseline:
         m = cfg.model
