@@ -91,3 +91,9 @@ def test_links_between_the_pages_point_at_files_that_exist():
             if target.startswith(("http://", "https://")):
                 continue
             assert (page.parent / target).exists(), f"{page.relative_to(REPO)} links to {target}"
+
+
+def test_no_page_holds_a_placeholder():
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        assert not re.search(r"@@\w+@@|\bTODO\b|\bTBD\b", text), page
