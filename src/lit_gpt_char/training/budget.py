@@ -95,7 +95,8 @@ class BudgetClock(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
-        # Lightning steps the lr scheduler after this hook: the rate of the next step follows this fraction.
+        # Lightning steps the lr scheduler just before this hook, so a step's rate follows the fraction decided
+        # one step earlier (1/steps of the budget late: nothing a schedule by the clock can feel).
         f = min(1.0, self.elapsed() / self.seconds)
         if trainer.world_size > 1:
             f = trainer.strategy.broadcast(f, src=0)
