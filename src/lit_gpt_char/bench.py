@@ -146,31 +146,31 @@ def time_plain_loop(
     it = iter(batches)
     times: list[float] = []
     parts: dict[str, list[float]] = {k: [] for k in PARTS}
-    for i in range(warmup + steps):
-        marks = [time.perf_counter()]
-        x, y = (t.to(device, non_blocking=True) for t in next(it))
+    marks: list[float] = []
+
+    def mark() -> None:  # the end of a part: the device's queued work included
         sync(device)
         marks.append(time.perf_counter())
+
+    for i in range(warmup + steps):
+        marks[:] = [time.perf_counter()]
+        x, y = (t.to(device, non_blocking=True) for t in next(it))
+        mark()
         with ctx:
             _, loss = module(x, y)
-        sync(device)
-        marks.append(time.perf_counter())
+        mark()
         loss.backward()
-        sync(device)
-        marks.append(time.perf_counter())
+        mark()
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        sync(device)
-        marks.append(time.perf_counter())
+        mark()
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
-        sync(device)
-        marks.append(time.perf_counter())
+        mark()
         if ema is not None:
             ema.update_parameters(model)
-        sync(device)
-        marks.append(time.perf_counter())
+        mark()
         if i >= warmup:
             times.append(marks[-1] - marks[0])
             for k, a, b in zip(PARTS, marks, marks[1:]):

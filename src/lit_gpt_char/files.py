@@ -51,12 +51,7 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(dir_fd)
 
 
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    """path.write_bytes(data), atomically."""
-    with atomic_file(path) as f:
-        f.write(data)
-
-
 def atomic_write_text(path: str | Path, text: str) -> None:
     """path.write_text(text) in UTF-8, atomically."""
-    atomic_write_bytes(text.encode("utf-8"), path)
+    with atomic_file(path) as f:
+        f.write(text.encode("utf-8"))

@@ -319,7 +319,6 @@ def build_token_file(corpus: Path, path: Path, unit: str, sha256: str, vocab: Se
     }
     head = _header(meta)
     offset = struct.unpack("<Q", head[8:16])[0]
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, suffix=".part") as out, open(corpus, "rb") as f:  # a killed build leaves a .part
         out.write(head)
         crc, count, h, nbytes = 0, 0, hashlib.sha256(), 0
