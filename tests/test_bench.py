@@ -48,12 +48,14 @@ def test_bench_train_json(corpus):
 
 
 def test_bench_sample_json():
-    args = ["mode=sample", *SMALL, "new_tokens=50", "sample_precision=int8", "repeats=2"]
+    args = ["mode=sample", *SMALL, "new_tokens=50", "sample_precision=int8", "repeats=2", "num_samples=3"]
     r = run_cli("bench", *args, f"baseline={BASELINE_SCRIPT}")
     assert r.returncode == 0, r.stderr[-3000:]
     out = last_json(r.stdout)
     assert out["mode"] == "sample" and out["new_tokens"] == 50 and out["tokens_per_s"] > 0
     assert out["first_char_s"] is not None and "int8" in out["precision"]
+    assert 0 < out["import_torch_s"] < out["process_wall_s"]
+    assert out["samples3_sequential_tokens_per_s"] > 0 and out["samples3_batched_tokens_per_s"] > 0
     assert len(out["runs_tokens_per_s"]) == 2
     # One ratio per round (ours, then the baseline's), and their median.
     ratios = [a / b for a, b in zip(out["runs_tokens_per_s"], out["runs_baseline_tokens_per_s"])]

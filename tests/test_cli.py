@@ -54,7 +54,7 @@ def test_train_help_lists_every_group_and_its_options(capsys):
     ):
         assert f"  {key}" in out, key
     assert "callbacks.generate_samples.every_n_steps=500" in out and "paths.log_dir=" in out
-    assert "experiment: enwik8, gpt2, nanogpt, seed, text8" in out and "optim: adamw, muon" in out
+    assert "experiment: enwik8, gpt2, nanogpt, seed, short, text8" in out and "optim: adamw, muon" in out
     assert "logger: all, csv, many, mlflow, none, tensorboard, wandb" in out
     assert "  model=" not in out  # the groups themselves are not options
 

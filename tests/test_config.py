@@ -83,7 +83,7 @@ def test_python_defaults_are_the_cli_defaults(tmp_path):
     module = LitGPT(list("abc"))
     assert module.optim == s.optim
     assert {k: v for k, v in module.model.config.to_dict().items() if k != "vocab_size"} == {
-        k: v for k, v in s.model.to_dict().items() if k != "compile"
+        k: v for k, v in s.model.to_dict().items() if k not in ("compile", "vocab_size")
     }
     # The generation API samples as the sample command does.
     sample_cfg = options(compose_config("sample", ["ckpt=x"]), sample.SampleConfig)
@@ -92,12 +92,18 @@ def test_python_defaults_are_the_cli_defaults(tmp_path):
     )
 
 
-def test_model_config_is_gpt_config_less_vocab_plus_compile():
+def test_model_config_is_gpt_config_plus_compile_with_the_vocabulary_from_the_corpus():
+    """model.* is GPTConfig itself (a subclass: its defaults, types and ranges once) plus compile;
+    vocab_size is the corpus's, so the config leaves it null and refuses a value."""
+    assert issubclass(ModelConfig, GPTConfig)
     gpt = {f.name: f for f in dataclasses.fields(GPTConfig)}
     model = {f.name: f for f in dataclasses.fields(ModelConfig)}
-    assert set(model) == set(gpt) - {"vocab_size"} | {"compile"}
-    for name in set(model) - {"compile"}:
+    assert set(model) == set(gpt) | {"compile"}
+    for name in set(model) - {"compile", "vocab_size"}:
         assert model[name].default == gpt[name].default and model[name].metadata == gpt[name].metadata
+    assert ModelConfig().vocab_size is None
+    with pytest.raises(UserError, match=r"model.vocab_size=100: the corpus decides"):
+        ModelConfig(vocab_size=100)
 
 
 def test_yaml_restates_no_schema_default():
@@ -171,6 +177,13 @@ def test_nanogpt_experiment():
         False,
         64,
     )
+
+
+def test_short_experiment_is_the_measured_short_budget_recipe():
+    """experiment=short is exactly the overrides whose budget runs docs/records.md reports."""
+    short, measured = compose_train(["experiment=short"]), compose_train(["model.n_embd=128", "optim.warmup_steps=20"])
+    assert OmegaConf.to_container(short) == OmegaConf.to_container(measured)
+    assert short.model.n_embd == 128 and compose_train([]).model.n_embd == 192
 
 
 def test_the_default_has_every_newer_part_and_gpt2_is_the_old_default():
@@ -288,7 +301,7 @@ BAD_TRAIN = [
     ("model.n_embd=30 model.n_head=2", "model.pos_emb=rope: needs an even head size"),
     (
         "experiment=nonexistent",
-        "experiment=nonexistent: no such option: the choices are enwik8, gpt2, nanogpt, seed, text8",
+        "experiment=nonexistent: no such option: the choices are enwik8, gpt2, nanogpt, seed, short, text8",
     ),
     ("data=text", "data.path is required"),
 ]

@@ -109,3 +109,41 @@ def test_report_of_several_directories_needs_out(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--out" in err and "Traceback" not in err
     assert not (a / "summary.csv").exists()
+
+
+def test_report_draws_the_frontier_of_budget_runs(tmp_path):
+    """Budget runs of several recipes and seeds: each recipe's mean over its seeds at each budget, each
+    seed's loss; runs without a budget, failed ones and ones without a finite loss stay off it."""
+    runs = tmp_path / "runs"
+
+    def job(name, overrides, loss, budget_s=None, status="completed"):
+        d = fake_job(runs, name, overrides)
+        write_status(d, status, started=0.0, ended=1.0, budget_s=budget_s, best_val_loss=loss)
+
+    job("a", ["budget=2m", "seed=1"], 1.70, 120)
+    job("b", ["budget=2m", "seed=2"], 1.72, 120)
+    job("c", ["budget=5m"], 1.55, 300)
+    job("d", ["budget=2m", "model.n_embd=128", "seed=3"], 1.62, 120)
+    job("e", ["budget=5m", "model.n_embd=128"], 1.60, 300, status="failed")
+    job("f", ["trainer.max_steps=10"], 1.40)  # by steps: not on the frontier
+    job("g", ["budget=1m"], float("nan"), 60)
+
+    console = Console(record=True, width=200)
+    report.report(runs, console)
+    text = console.export_text()
+    from lit_gpt_char.results.sweeps import frontier, summarize_sweep
+
+    points = frontier(summarize_sweep(runs))
+    assert {r: {m: sorted(v) for m, v in by.items()} for r, by in points.items()} == {
+        "default": {2.0: [1.70, 1.72], 5.0: [1.55]},
+        "model.n_embd=128": {2.0: [1.62]},
+    }
+    assert "The frontier" in text and "1.7100" in text and "1.7000, 1.7200" in text
+    assert (runs / "frontier.png").stat().st_size > 10_000
+
+
+def test_no_frontier_without_budget_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, "0", ["optim.lr=1e-3"], "completed", n_steps=20, val_every=10)
+    report.report(sweep, Console(record=True, width=200))
+    assert not (sweep / "frontier.png").exists()

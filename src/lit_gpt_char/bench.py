@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_gpt_char.config import help_text, print_config_tree, register, run
+from lit_gpt_char.core.generation import generate
 from lit_gpt_char.core.model import GPT
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError
@@ -63,7 +64,18 @@ class BenchConfig(TrainConfig):
     sample_precision: str = option(
         "auto", "sample mode: auto | 32 | bf16 | int8", choices=("auto", "32", "bf16", "int8")
     )
-    first_char: bool = option(True, "sample mode: also time `python -m lit_gpt_char.sample` to its first character")
+    first_char: bool = option(
+        True,
+        "sample mode: also time `python -m lit_gpt_char.sample` to its first character, and `import torch` "
+        "alone just before it",
+    )
+    num_samples: int = option(
+        8,
+        "sample mode: also time this many samples of new_tokens characters, one after another (what `sample "
+        "num_samples=N` does) and as one batch of N rows; 1: neither",
+        ge=1,
+        le=1024,
+    )
     baseline: str | None = option(
         None,
         "builtin: also time lit_gpt_char.baseline (plain eager PyTorch, float32, no KV cache) in this command "
@@ -318,6 +330,20 @@ def bench_sample(cfg: DictConfig, s: Settings) -> dict:
         if cfg.baseline:
             theirs.append(run_baseline(cfg.baseline, baseline_args)["tokens_per_s"])
     tokens_per_s = median(ours)
+    if cfg.num_samples > 1:  # characters per second over all the samples
+        t0 = time.perf_counter()
+        for i in range(cfg.num_samples):
+            for _ in gen.stream("A", max_new_tokens=cfg.new_tokens, temperature=1.0, seed=i):
+                pass
+        samples_sequential = cfg.num_samples * cfg.new_tokens / (time.perf_counter() - t0)
+        prompt = torch.tensor([gen.tokenizer.encode("A")] * cfg.num_samples, device=gen.device)
+        torch.manual_seed(0)
+        generate(gen.model, prompt, 5, compile=gen.compiled)  # this batch size's compile, if any
+        sync(gen.device)
+        t0 = time.perf_counter()
+        generate(gen.model, prompt, cfg.new_tokens, temperature=1.0, compile=gen.compiled)
+        sync(gen.device)
+        samples_batched = cfg.num_samples * cfg.new_tokens / (time.perf_counter() - t0)
     out = {
         "mode": "sample",
         "tokens_per_s": tokens_per_s,
@@ -331,7 +357,13 @@ def bench_sample(cfg: DictConfig, s: Settings) -> dict:
         "device": str(gen.device),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if cfg.num_samples > 1:
+        out[f"samples{cfg.num_samples}_sequential_tokens_per_s"] = samples_sequential
+        out[f"samples{cfg.num_samples}_batched_tokens_per_s"] = samples_batched
     if cfg.first_char:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True, timeout=300)
+        out["import_torch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         r = subprocess.run(
             [

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lit_gpt_char.errors import UserError, quiet_broken_pipes, user_errors, wants_traceback
-from lit_gpt_char.options import describe, field_info
+from lit_gpt_char.options import describe, field_info, show_value
 
 T = TypeVar("T")
 CONFIG_MODULE = "lit_gpt_char.conf"
@@ -56,41 +56,41 @@ def options(cfg: Any, cls: type[T]) -> T:
 
 # --- Hydra's errors as one line --------------------------------------------------------------------------------
 def config_error_message(e: BaseException) -> str:
-    """One line for an error Hydra or OmegaConf raised while reading the command line or the config."""
-    override = getattr(e, "override", None)  # hydra.errors.OverrideParseException: the grammar refused it
-    if isinstance(override, str):
-        return grammar_error_message(override)
+    """One line for an error Hydra or OmegaConf raised while reading the command line or the config,
+    made from the exception's fields (the key, its schema, the group's options) and the value as the
+    user typed it, never by reading the exception's text."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
+
+    if isinstance(e, OverrideParseException):  # the override grammar refused it
+        return grammar_error_message(e.override)
+    if isinstance(e, MissingConfigException) and e.options is not None:  # group=option with no such file
+        group, _, name = str(e.missing_cfg_file).rpartition("/")
+        return f"{group}={name}: no such option: the choices are {', '.join(e.options)}"
     cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
-    text = str(e).strip()
-    if isinstance(cause, OmegaConfBaseException):
-        key = getattr(cause, "full_key", None) or ""
-        value = _override_value(text, key)
-        info = field_info(getattr(cause, "object_type", None), getattr(cause, "key", None) or key.rsplit(".", 1)[-1])
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        if info is not None and "not in struct" not in str(cause):
-            hint, f = info
-            if "Missing mandatory value" in first:
-                what = f" ({f.metadata['help']})" if f.metadata.get("help") else ""
-                return f"{key} is required: pass {key}=...{what}"
-            shown = value if value is not None else getattr(cause, "value", "?")
-            return f"{key}={shown}: must be {describe(hint, f.metadata)}"
-        if "not in struct" in str(cause) or "Could not override" in text:
-            key = key or _quoted(text)
-            return f"{key}: no such option; `--cfg job` prints every option (a new key needs +{key}=...)"
-        if "Missing mandatory value" in first:
-            return f"{key} is required: pass {key}=..."
-        if "Interpolation" in type(cause).__name__ or "interpolation" in first.lower():
-            return f"{key}: {first}"
-        return f"{key}: {first}" if key else first
-    if "Could not find" in text:
-        option = re.search(r"Could not find '([^']+)'", text)
-        available = re.findall(r"^\s+(\S+)$", text, flags=re.M)
-        where = option.group(1) if option else text.splitlines()[0]
-        group, _, name = where.rpartition("/")
-        more = f": the choices are {', '.join(available)}" if available else ""
-        return f"{group}={name}: no such option{more}" if group else f"{where}: not found{more}"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return "; ".join(lines[:3]) if lines else type(e).__name__
+    first = next((ln.strip() for ln in str(cause or e).splitlines() if ln.strip()), type(cause or e).__name__)
+    if not isinstance(cause, OmegaConfBaseException):
+        return first
+    key = getattr(cause, "full_key", None) or str(getattr(cause, "key", None) or "")
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        return f"{key}: no such option; `--cfg job` prints every option (a new key needs +{key}=...)"
+    info = field_info(getattr(cause, "object_type", None), key.rsplit(".", 1)[-1])
+    if isinstance(cause, MissingMandatoryValue):
+        what = f" ({info[1].metadata['help']})" if info is not None and info[1].metadata.get("help") else ""
+        return f"{key} is required: pass {key}=...{what}"
+    if isinstance(cause, ValidationError) and info is not None:
+        value = getattr(cause, "value", None)
+        typed = [v for v in typed_values(key) if "," not in v or v.lstrip().startswith(("[", "{", "'", '"'))]
+        # As typed (1e-3, not 0.001): the one OmegaConf refused, else the last; a sweep's a,b,c: the job's own.
+        shown = next((t for t in typed if t in (str(value), show_value(value))), typed[-1] if typed else None)
+        shown = show_value(value) if shown is None else shown
+        return f"{key}={shown}: must be {describe(info[0], info[1].metadata)}"
+    return f"{key}: {first}" if key else first
+
+
+def typed_values(key: str) -> list[str]:
+    """The values of `key` as given on this command line (key=v, +key=v or ++key=v)."""
+    return [v for k, sep, v in (a.partition("=") for a in sys.argv[1:]) if sep and k.lstrip("+~") == key]
 
 
 def grammar_error_message(override: str) -> str:
@@ -106,27 +106,14 @@ def grammar_error_message(override: str) -> str:
     )
 
 
-def _override_value(text: str, key: str) -> str | None:
-    """The value as typed in 'Error merging override key=value'."""
-    found = re.search(r"override (\S+?)=(.*)$", text.splitlines()[0]) if text else None
-    if found and (not key or found.group(1).lstrip("+~") == key):
-        return found.group(2)
-    return None
-
-
-def _quoted(text: str) -> str:
-    found = re.search(r"'([^']+)'", text)
-    return found.group(1) if found else text.splitlines()[0]
-
-
 def run(
     config_name: str, task: Callable[[DictConfig], Any], help: Callable[[], str] | None = None
 ) -> Callable[[], Any]:
     """The console entry of a Hydra command: parse the command line, compose conf/<config_name>.yaml,
     run task(cfg). Mistakes anywhere (an unknown key, a value of the wrong type, a missing group
     option, or a UserError from the task) end as one `error:` line and exit status 2; bugs raise.
-    HYDRA_FULL_ERROR=1 shows the traceback of any error. `--help` prints help() (see help_text),
-    through the ${entry_help:} template of the config's hydra.help."""
+    HYDRA_FULL_ERROR=1 shows the traceback of any error. `--help` (or -h) prints help() (see help_text)
+    before Hydra starts; `--hydra-help` is Hydra's own."""
     import hydra
 
     wrapped = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name)(
@@ -137,8 +124,9 @@ def run(
         # Hydra prints its own errors and exits 1 unless HYDRA_FULL_ERROR is set; set, it raises them
         # here. Whether the user asked for tracebacks is kept in LIT_GPT_CHAR_TRACEBACK, which
         # processes started by this one (DDP ranks) inherit.
-        global _help
-        _help = help  # what ${entry_help:} gives: this command's, whichever entry points are imported
+        if help is not None and {"--help", "-h"} & set(sys.argv[1:]):
+            print(help())
+            return None
         wants_traceback()
         quiet_broken_pipes()
         before = os.environ.get("HYDRA_FULL_ERROR")
@@ -166,18 +154,6 @@ def _hydra_errors() -> tuple[type[BaseException], ...]:
 
 
 # --- --help: each entry point's own options, from its schemas ---------------------------------------------------
-_help: Callable[[], str] | None = None  # the running entry point's help, set by run()
-
-
-def _entry_help() -> str:
-    """What ${entry_help:} in conf/ gives Hydra's help template ($ doubled: the template is a string.Template)."""
-    text = _help() if _help is not None else "No help for this command."
-    return text.replace("$", "$$")
-
-
-OmegaConf.register_new_resolver("entry_help", _entry_help, replace=True)
-
-
 def _default(f: dataclasses.Field) -> str:
     if f.default is not dataclasses.MISSING:
         value = f.default

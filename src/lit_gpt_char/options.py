@@ -110,11 +110,12 @@ def _bounds(noun: str, meta: Mapping[str, Any]) -> str:
     return noun
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as a user writes it on the command line (true, null, [1,2])."""
     if isinstance(value, bool) or value is None:
         return {True: "true", False: "false", None: "null"}[value]
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_show(v) for v in value) + "]"
+        return "[" + ",".join(show_value(v) for v in value) + "]"
     return str(value)
 
 
@@ -149,7 +150,7 @@ def check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any
     lists to tuples where a tuple is); else UserError naming key, value and what is allowed."""
 
     def bad() -> UserError:
-        return UserError(f"{key}={_show(value)}: must be {describe(hint, meta)}")
+        return UserError(f"{key}={show_value(value)}: must be {describe(hint, meta)}")
 
     inner, optional = _unwrap_optional(hint)
     if value is None:

@@ -3,8 +3,10 @@
 Prints one row per job (the overrides that differ between jobs, best val loss and its step,
 steps run, wall time, parameters, status), best first, and writes SWEEP_DIR/summary.csv,
 SWEEP_DIR/val_loss_all.png (val loss by step) and SWEEP_DIR/val_loss_time.png (by minutes since
-each job started). Works while the sweep still runs and with failed jobs. Several directories
-(sweeps or single runs, `report RUN_A RUN_B --out DIR`) are compared in one table and one plot.
+each job started); with budget runs (`budget=`), also SWEEP_DIR/frontier.png and a frontier table:
+each recipe's best val loss against the budget, the mean over its seeds and each seed's run.
+Works while the sweep still runs and with failed jobs. Several directories (sweeps or single runs,
+`report RUN_A RUN_B --out DIR`) are compared in one table and one plot.
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_gpt_char.errors import ArgumentParser, UserError, check_output_dir, quiet_broken_pipes, user_errors
-from lit_gpt_char.results.plots import Series, draw_val_curves
-from lit_gpt_char.results.sweeps import JobSummary, differing_keys, minutes_since_start, readable, summarize_dirs
+from lit_gpt_char.results.plots import Series, draw_frontier, draw_val_curves
+from lit_gpt_char.results.sweeps import (
+    JobSummary,
+    differing_keys,
+    frontier,
+    minutes_since_start,
+    readable,
+    summarize_dirs,
+)
 
 STATUS_STYLE = {
     "completed": "green",
@@ -79,6 +88,20 @@ def table(jobs: Sequence[JobSummary], keys: Sequence[str], title: str) -> Table:
             _params(j.params),
             f"[{STATUS_STYLE.get(j.status, 'dim')}]{j.status}[/]",
         )
+    return t
+
+
+def frontier_table(points: dict[str, dict[float, list[float]]]) -> Table:
+    """Each recipe's best val loss at each budget: the mean of its seeds, and each seed's."""
+    t = Table(title="The frontier: best val loss by budget (mean of the seeds)", title_justify="left")
+    for name, justify in (("recipe", "left"), ("budget", "right"), ("mean", "right"), ("runs", "left")):
+        t.add_column(name, justify=justify)
+    for recipe, by_budget in points.items():
+        for minutes in sorted(by_budget):
+            losses = by_budget[minutes]
+            t.add_row(
+                recipe, f"{minutes:g}m", _num(sum(losses) / len(losses)), ", ".join(_num(v) for v in sorted(losses))
+            )
     return t
 
 
@@ -159,7 +182,14 @@ def report(
     png_time = draw_val_curves(
         by_time, out_dir / "val_loss_time.png", title=f"Validation loss by time: {name}", x_label="minutes since start"
     )
-    console.print(f"Wrote {csv_path}, {png} and {png_time}", highlight=False)
+    wrote = [csv_path, png, png_time]
+    points = frontier(jobs)
+    if points:
+        console.print(frontier_table(points))
+        wrote.append(
+            draw_frontier(points, out_dir / "frontier.png", title=f"Best val loss by training-time budget: {name}")
+        )
+    console.print(f"Wrote {', '.join(map(str, wrote[:-1]))} and {wrote[-1]}", highlight=False)
     return jobs
 
 

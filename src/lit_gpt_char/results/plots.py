@@ -16,6 +16,7 @@ A run from before a tag existed gets the plots its tags allow (`skipped` says wh
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,40 @@ def draw_val_loss_time(val: Series, path: Path, start: float) -> Path:
         )
     ax.set_xlim(left=0)
     return _finish(fig, ax, "Validation loss against wall-clock time", "cross-entropy (nats/char)", path, "minutes")
+
+
+def draw_frontier(points: Mapping[str, Mapping[float, Sequence[float]]], path: str | Path, title: str) -> Path:
+    """Best val loss against the time budget, one line per recipe through the mean of its seeds at each
+    budget, each seed's run a dot: which recipe is best for how many minutes (log-scaled minutes)."""
+    fig, ax = plt.subplots(figsize=(9, 6.5))
+    for label, by_budget in sorted(points.items(), key=lambda kv: min(min(v) for v in kv[1].values())):
+        minutes = sorted(by_budget)
+        means = [sum(by_budget[m]) / len(by_budget[m]) for m in minutes]
+        seeds = max(len(v) for v in by_budget.values())
+        text = "\n".join(textwrap.wrap(f"{label} (seeds: up to {seeds})", 110))
+        (line,) = ax.plot(minutes, means, marker="o", ms=5, lw=1.6, label=text)
+        for m in minutes:
+            ax.plot(
+                [m] * len(by_budget[m]), by_budget[m], ls="none", marker=".", ms=7, alpha=0.6, color=line.get_color()
+            )
+        for m, v in zip(minutes, means):
+            ax.annotate(f"{v:.3f}", (m, v), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    if len({m for v in points.values() for m in v}) > 1:
+        ax.set_xscale("log")
+        ticks = sorted({m for v in points.values() for m in v})
+        ax.set_xticks(ticks, [f"{m:g}" for m in ticks])
+        ax.minorticks_off()
+    ax.set_title(title)
+    ax.set_xlabel("training-time budget (minutes)")
+    ax.set_ylabel("best val loss (nats/char)")
+    ax.grid(alpha=0.3)
+    if ax.lines:  # below the axes: recipes' labels are long, and the points fill the plot
+        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.12), fontsize="x-small", frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _rates(scalars: Mapping[str, Series]) -> dict[str, Series]:

@@ -35,6 +35,7 @@ class JobSummary:
     started: float | None = None  # when the job first started (seconds since the epoch), for time axes
     params: int | None = None
     tokens_per_s: float | None = None  # the median of train/tokens_per_s: what a setting costs in speed
+    budget_s: float | None = None  # a budget run's budget (status.json), for the frontier
     error: str | None = None
     val: Series = field(default_factory=lambda: Series([], [], []))
 
@@ -82,6 +83,8 @@ def summarize_job(job_dir: Path) -> JobSummary:
     starts = [info.get("started")] + [s.wall_times[0] for s in scalars.values() if s.wall_times]
     job.started = min((t for t in starts if isinstance(t, (int, float))), default=None)
     job.params = info.get("params") if isinstance(info.get("params"), int) else None
+    budget = info.get("budget_s")
+    job.budget_s = float(budget) if isinstance(budget, (int, float)) and budget > 0 else None
     return job
 
 
@@ -149,3 +152,28 @@ def minutes_since_start(job: JobSummary) -> Series:
     """The job's val curve against minutes since it started (the whole command: start-up included)."""
     t0 = job.started if job.started is not None else (job.val.wall_times[0] if job.val.wall_times else 0.0)
     return Series([(t - t0) / 60 for t in job.val.wall_times], job.val.values, job.val.wall_times)
+
+
+FRONTIER_IGNORES = ("budget", "seed")  # what a recipe is not: the x axis, and the seeds it is averaged over
+
+
+def recipe_of(job: JobSummary) -> str:
+    """The job's recipe, as a label: its overrides less the budget and the seed ("default" if none)."""
+    parts = [
+        f"{k.lstrip('+~')}={readable(v)}"
+        for k, v in job.overrides.items()
+        if k.lstrip("+~") not in FRONTIER_IGNORES and not k.startswith("hydra.")
+    ]
+    return " ".join(parts) or "default"
+
+
+def frontier(jobs: Sequence[JobSummary]) -> dict[str, dict[float, list[float]]]:
+    """The best val loss of each completed budget run, by recipe and then by budget (minutes):
+    {recipe: {minutes: [loss of each seed]}}. Runs without a budget or a finite loss are left out."""
+    out: dict[str, dict[float, list[float]]] = {}
+    for j in jobs:
+        v = j.best_val_loss
+        if j.budget_s is None or j.status != "completed" or v is None or not math.isfinite(v):
+            continue
+        out.setdefault(recipe_of(j), {}).setdefault(round(j.budget_s / 60, 3), []).append(v)
+    return out

@@ -12,12 +12,11 @@ Validation scores the val split and, as a second loader, a fixed sample of train
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-import typing
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -27,7 +26,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.core.windows import loss_sum
-from lit_gpt_char.options import Options, build, option
+from lit_gpt_char.errors import UserError
+from lit_gpt_char.options import build, option
 from lit_gpt_char.training.budget import BudgetClock, budget_schedule
 from lit_gpt_char.training.optim import OptimConfig, build_optimizer
 
@@ -41,33 +41,24 @@ FSDP_PREFIX = "_fsdp_wrapped_module."  # what FSDP puts into the names of the mo
 TOKENS_EVERY = 50  # steps per train/tokens_per_s point
 VAL_TAGS = ("val/loss", "train/split_loss")  # the loss of validation loader 0 (the val split), 1 (the train sample)
 
-# model.*: GPTConfig's fields (defaults, types and ranges) less vocab_size, which the corpus decides,
-# plus how training runs the model.
-ModelConfig = dataclasses.make_dataclass(
-    "ModelConfig",
-    [
-        (
-            f.name,
-            typing.get_type_hints(GPTConfig)[f.name],
-            dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata),
-        )
-        for f in dataclasses.fields(GPTConfig)
-        if f.name != "vocab_size"
-    ]
-    + [("compile", bool, option(False, "torch.compile the model for training (worth it on GPUs; no gain on CPUs)"))],
-    bases=(Options,),
-    namespace={
-        "KEY": "model",
-        "check": GPTConfig.check,
-        "__module__": __name__,
-        "__doc__": "model.*: the GPT's shape (GPTConfig less vocab_size, which the corpus gives) and compile.",
-    },
-)
+
+@dataclass
+class ModelConfig(GPTConfig):
+    """model.*: the GPT's shape and parts (GPTConfig: its defaults, types and ranges) and compile; the
+    corpus gives vocab_size."""
+
+    vocab_size: int | None = option(None, "taken from the corpus's tokenizer: leave it null", ge=1)
+    compile: bool = option(False, "torch.compile the model for training (worth it on GPUs; no gain on CPUs)")
+
+    def check(self) -> None:
+        if self.vocab_size is not None:
+            raise UserError(f"model.vocab_size={self.vocab_size}: the corpus decides the vocabulary: leave it out")
+        super().check()
 
 
 def gpt_config(vocab_size: int, model: ModelConfig) -> GPTConfig:
     """The GPTConfig of `model` for a vocabulary of vocab_size characters."""
-    arch = {k: v for k, v in model.to_dict().items() if k != "compile"}
+    arch = {k: v for k, v in model.to_dict().items() if k not in ("compile", "vocab_size")}
     return GPTConfig(vocab_size=vocab_size, **arch)
 
 
