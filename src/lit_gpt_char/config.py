@@ -124,11 +124,11 @@ def run(
         # Hydra prints its own errors and exits 1 unless HYDRA_FULL_ERROR is set; set, it raises them
         # here. Whether the user asked for tracebacks is kept in LIT_GPT_CHAR_TRACEBACK, which
         # processes started by this one (DDP ranks) inherit.
+        quiet_broken_pipes()
         if help is not None and {"--help", "-h"} & set(sys.argv[1:]):
             print(help())
             return None
         wants_traceback()
-        quiet_broken_pipes()
         before = os.environ.get("HYDRA_FULL_ERROR")
         os.environ["HYDRA_FULL_ERROR"] = "1"
         try:
