@@ -206,6 +206,7 @@ def draw_frontier(points: Mapping[str, Mapping[float, Sequence[float]]], path: s
     """Best val loss against the time budget, one line per recipe through the mean of its seeds at each
     budget, each seed's run a dot: which recipe is best for how many minutes (log-scaled minutes)."""
     fig, ax = plt.subplots(figsize=(9, 6.5))
+    budgets = sorted({m for by_budget in points.values() for m in by_budget})
     for label, by_budget in sorted(points.items(), key=lambda kv: min(min(v) for v in kv[1].values())):
         minutes = sorted(by_budget)
         means = [sum(by_budget[m]) / len(by_budget[m]) for m in minutes]
@@ -218,10 +219,9 @@ def draw_frontier(points: Mapping[str, Mapping[float, Sequence[float]]], path: s
             )
         for m, v in zip(minutes, means):
             ax.annotate(f"{v:.3f}", (m, v), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
-    if len({m for v in points.values() for m in v}) > 1:
+    if len(budgets) > 1:
         ax.set_xscale("log")
-        ticks = sorted({m for v in points.values() for m in v})
-        ax.set_xticks(ticks, [f"{m:g}" for m in ticks])
+        ax.set_xticks(budgets, [f"{m:g}" for m in budgets])
         ax.minorticks_off()
     ax.set_title(title)
     ax.set_xlabel("training-time budget (minutes)")

@@ -158,9 +158,10 @@ FRONTIER_IGNORES = ("budget", "seed")  # what a recipe is not: the x axis, and t
 
 
 def recipe_of(job: JobSummary) -> str:
-    """The job's recipe, as a label: its overrides less the budget and the seed ("default" if none)."""
+    """The job's recipe, as a label: its overrides less the budget and the seed ("default" if none), with
+    their exact values (rounded ones could merge two recipes)."""
     parts = [
-        f"{k.lstrip('+~')}={readable(v)}"
+        f"{k.lstrip('+~')}={v}"
         for k, v in job.overrides.items()
         if k.lstrip("+~") not in FRONTIER_IGNORES and not k.startswith("hydra.")
     ]
