@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import lit_gpt_char.config  # noqa: F401  (registers the ${fast_precision:} resolver the configs use)
+import lit_gpt_char.config  # noqa: F401  (registers the resolvers the configs use)
 from lit_gpt_char.core.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]

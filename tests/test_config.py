@@ -13,11 +13,10 @@ from helpers import compose_config, compose_train, require, run_main
 from omegaconf import OmegaConf
 
 from lit_gpt_char import bench, evaluate, sample, serve, train
-from lit_gpt_char.config import options
 from lit_gpt_char.core.generation import SamplingOptions
 from lit_gpt_char.core.model import GPTConfig
 from lit_gpt_char.errors import UserError
-from lit_gpt_char.options import describe
+from lit_gpt_char.options import build, describe
 from lit_gpt_char.training.callbacks.curves import PlotCurvesConfig
 from lit_gpt_char.training.callbacks.samples import GenerateSamples, GenerateSamplesConfig
 from lit_gpt_char.training.config import SCHEMAS, PathsConfig, TrainConfig, TrainerConfig
@@ -76,8 +75,8 @@ def test_python_defaults_are_the_cli_defaults(tmp_path):
     assert dataclasses.replace(s.paths, output_dir="x", data_dir=None) == dataclasses.replace(
         PathsConfig(log_dir=s.paths.log_dir), output_dir="x"
     )
-    assert options(cfg.callbacks.generate_samples, GenerateSamplesConfig) == GenerateSamplesConfig(every_n_steps=500)
-    assert options(cfg.callbacks.plot_curves, PlotCurvesConfig).smoothing == PlotCurvesConfig().smoothing
+    assert build(GenerateSamplesConfig, cfg.callbacks.generate_samples) == GenerateSamplesConfig(every_n_steps=500)
+    assert build(PlotCurvesConfig, cfg.callbacks.plot_curves).smoothing == PlotCurvesConfig().smoothing
     assert s.run.seed == TrainConfig().seed and s.trainer.max_steps == TrainerConfig(precision="32-true").max_steps
     # The notebook API builds the CLI's model and optimizer.
     module = LitGPT(list("abc"))
@@ -86,7 +85,7 @@ def test_python_defaults_are_the_cli_defaults(tmp_path):
         k: v for k, v in s.model.to_dict().items() if k not in ("compile", "vocab_size")
     }
     # The generation API samples as the sample command does.
-    sample_cfg = options(compose_config("sample", ["ckpt=x"]), sample.SampleConfig)
+    sample_cfg = build(sample.SampleConfig, compose_config("sample", ["ckpt=x"]))
     assert {f.name: getattr(sample_cfg, f.name) for f in dataclasses.fields(SamplingOptions)} == dataclasses.asdict(
         SamplingOptions()
     )
@@ -379,4 +378,4 @@ def test_python_api_checks_the_same_ranges():
         GenerateSamples(top_k=0)
     with pytest.raises(UserError, match=r"data.batch_size=true: must be an integer"):
         TextDataModule({"batch_size": True})
-    assert OptimConfig(betas=[0.8, 0.9]).betas == (0.8, 0.9) and OptimConfig(lr=1).lr == 1.0
+    assert OptimConfig(betas=[0.8, 0.9]).betas == [0.8, 0.9] and OptimConfig(lr=1).lr == 1.0

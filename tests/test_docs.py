@@ -13,8 +13,8 @@ import torch
 from helpers import REPO, compose_config, compose_train
 from omegaconf import OmegaConf
 
-from lit_gpt_char.config import options
 from lit_gpt_char.evaluate import EvaluateConfig
+from lit_gpt_char.options import build
 from lit_gpt_char.sample import SampleConfig
 from lit_gpt_char.training.run import check_config
 
@@ -82,7 +82,7 @@ def test_a_documented_command_composes_and_passes_its_checks(where, command, arg
         check_config(cfg)
     else:
         cfg = compose_config(command, args, tmp_path)
-        options(cfg, SampleConfig if command == "sample" else EvaluateConfig)
+        build(SampleConfig if command == "sample" else EvaluateConfig, cfg)
 
 
 def test_links_between_the_pages_point_at_files_that_exist():

@@ -1,9 +1,9 @@
-"""Hydra glue shared by the entry points: schemas in the ConfigStore, configs turned into checked
-options, Hydra's own errors turned into one `error:` line, and the `${fast_precision:}` resolver.
+"""Hydra glue shared by the entry points: schemas in the ConfigStore, Hydra's and OmegaConf's errors
+as one `error:` line, `--help` from the schemas, and the run directory's resolvers.
 
 The schemas themselves live beside what they configure (core.model.GPTConfig, training.optim,
 training.data, ...); conf/*.yaml names them in its defaults lists (`/schema/<name>@_here_`), so a
-YAML file only selects and overrides. Importing this module registers the resolver.
+YAML file only selects and overrides. Importing this module registers the resolvers.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ import time
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lit_gpt_char.errors import UserError, quiet_broken_pipes, user_errors, wants_traceback
-from lit_gpt_char.options import describe, field_info, show_value
+from lit_gpt_char.console import quiet_broken_pipes
+from lit_gpt_char.errors import user_errors, wants_traceback
+from lit_gpt_char.options import describe, error_line, show_value
 
-T = TypeVar("T")
 CONFIG_MODULE = "lit_gpt_char.conf"
 
 
@@ -39,58 +39,17 @@ def register(name: str, node: type) -> None:
     ConfigStore.instance().store(group="schema", name=name, node=node)
 
 
-def options(cfg: Any, cls: type[T]) -> T:
-    """The checked options object of one config node (interpolations resolved); bad values raise
-    UserError naming the key."""
-    if isinstance(cfg, cls):
-        return cfg
-    try:
-        values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if OmegaConf.is_config(cfg) else cfg
-    except OmegaConfBaseException as e:
-        raise UserError(config_error_message(e)) from None
-    values = {k: v for k, v in (values or {}).items() if k != "_target_"}
-    from lit_gpt_char.options import build
-
-    return build(cls, values)
-
-
-# --- Hydra's errors as one line --------------------------------------------------------------------------------
 def config_error_message(e: BaseException) -> str:
     """One line for an error Hydra or OmegaConf raised while reading the command line or the config,
-    made from the exception's fields (the key, its schema, the group's options) and the value as the
-    user typed it, never by reading the exception's text."""
+    made from the exception's fields and the value as the user typed it, never from its text."""
     from hydra.errors import MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
 
     if isinstance(e, OverrideParseException):  # the override grammar refused it
         return grammar_error_message(e.override)
     if isinstance(e, MissingConfigException) and e.options is not None:  # group=option with no such file
         group, _, name = str(e.missing_cfg_file).rpartition("/")
         return f"{group}={name}: no such option: the choices are {', '.join(e.options)}"
-    cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
-    first = next((ln.strip() for ln in str(cause or e).splitlines() if ln.strip()), type(cause or e).__name__)
-    if not isinstance(cause, OmegaConfBaseException):
-        return first
-    key = getattr(cause, "full_key", None) or str(getattr(cause, "key", None) or "")
-    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
-        return f"{key}: no such option; `--cfg job` prints every option (a new key needs +{key}=...)"
-    info = field_info(getattr(cause, "object_type", None), key.rsplit(".", 1)[-1])
-    if isinstance(cause, MissingMandatoryValue):
-        what = f" ({info[1].metadata['help']})" if info is not None and info[1].metadata.get("help") else ""
-        return f"{key} is required: pass {key}=...{what}"
-    if isinstance(cause, ValidationError) and info is not None:
-        value = getattr(cause, "value", None)
-        typed = [v for v in typed_values(key) if "," not in v or v.lstrip().startswith(("[", "{", "'", '"'))]
-        # As typed (1e-3, not 0.001): the one OmegaConf refused, else the last; a sweep's a,b,c: the job's own.
-        shown = next((t for t in typed if t in (str(value), show_value(value))), typed[-1] if typed else None)
-        shown = show_value(value) if shown is None else shown
-        return f"{key}={shown}: must be {describe(info[0], info[1].metadata)}"
-    return f"{key}: {first}" if key else first
-
-
-def typed_values(key: str) -> list[str]:
-    """The values of `key` as given on this command line (key=v, +key=v or ++key=v)."""
-    return [v for k, sep, v in (a.partition("=") for a in sys.argv[1:]) if sep and k.lstrip("+~") == key]
+    return error_line(e if isinstance(e, OmegaConfBaseException) or e.__cause__ is None else e.__cause__)
 
 
 def grammar_error_message(override: str) -> str:
@@ -154,50 +113,37 @@ def _hydra_errors() -> tuple[type[BaseException], ...]:
 
 
 # --- --help: each entry point's own options, from its schemas ---------------------------------------------------
+HELP_COLUMN = 34
+
+
 def _default(f: dataclasses.Field) -> str:
-    if f.default is not dataclasses.MISSING:
-        value = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        value = f.default_factory()
-    else:
-        return "???"
-    if value == "???":
+    """A field's default as it is typed on the command line ("???": required)."""
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if value is dataclasses.MISSING:
         return "???"
     if isinstance(value, str) and (not value.isprintable() or value != value.strip() or value == ""):
         return json.dumps(value)  # "\n" shows as "\n", not as a line break
-    if isinstance(value, (list, tuple)):
-        return json.dumps(list(value)) if all(isinstance(v, (int, float, str)) for v in value) else "[...]"
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    return str(value)
+    if isinstance(value, list) and not all(isinstance(v, (int, float, str)) for v in value):
+        return "[...]"
+    return show_value(value)
 
 
-def options_lines(cls: type, prefix: str = "", skip: Sequence[str] = (), width: int | None = None) -> list[str]:
-    """One entry per option of the schema cls: `  key=default   help [what is allowed]`, wrapped to width."""
+def options_lines(cls: type, prefix: str = "", skip: Sequence[str] = ()) -> list[str]:
+    """One entry per option of the schema cls, the required ones first: `  key=default   help [allowed]`."""
     hints = typing.get_type_hints(cls)
-    width = width or min(shutil.get_terminal_size((100, 24)).columns, 120)
+    width = max(min(shutil.get_terminal_size((100, 24)).columns, 120) - HELP_COLUMN, 30)
     lines = []
     fields = [f for f in dataclasses.fields(cls) if not f.name.startswith("_") and f.name not in skip]
-    for f in sorted(fields, key=lambda f: _default(f) != "???"):  # the required ones first
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        head = f"  {key}={_default(f)}"
-        what = f.metadata.get("help", "")
-        if _default(f) == "???":
-            what = f"required: {what}"
+    for f in sorted(fields, key=lambda f: _default(f) != "???"):
+        head = f"  {prefix + '.' if prefix else ''}{f.name}={_default(f)}"
+        what = ("required: " if _default(f) == "???" else "") + f.metadata.get("help", "")
         allowed = describe(hints[f.name], f.metadata)
-        if allowed not in ("a value", "null or a value", "a string", "null or a string"):
-            what = f"{what} [{allowed}]" if what else f"[{allowed}]"
-        body = textwrap.wrap(what, width=max(width - HELP_COLUMN, 30)) or [""]
-        if len(head) >= HELP_COLUMN - 1:
-            lines.append(head)
-            lines.extend(" " * HELP_COLUMN + b for b in body)
-        else:
-            lines.append(head.ljust(HELP_COLUMN) + body[0])
-            lines.extend(" " * HELP_COLUMN + b for b in body[1:])
+        if allowed.removeprefix("null or ") not in ("a value", "a string"):
+            what = f"{what} [{allowed}]".strip()
+        body = textwrap.wrap(what, width=width) or [""]
+        first = [head, *body] if len(head) >= HELP_COLUMN - 1 else [head.ljust(HELP_COLUMN) + body.pop(0), *body]
+        lines += [first[0], *(" " * HELP_COLUMN + b for b in first[1:])]
     return lines
-
-
-HELP_COLUMN = 34
 
 
 def help_text(
@@ -210,64 +156,26 @@ def help_text(
 ) -> str:
     """An entry point's --help: what it does, how to call it, then each section's options (key=default,
     help, what is allowed), the config groups it composes from, and notes."""
+    from importlib.resources import files
+
     out = [title, "", f"Usage: {usage}", ""]
     for prefix, cls in sections:
-        doc = _summary(cls) if prefix else ""
-        out.append(f"{prefix}.*: {doc}" if doc else f"{prefix}.*:" if prefix else "Options (key=value):")
-        out.extend(options_lines(cls, prefix, skip))
+        docs = (" ".join((k.__dict__.get("__doc__") or "").split()) for k in cls.__mro__)
+        doc = next((d for d, k in zip(docs, cls.__mro__) if d and not d.startswith(f"{k.__name__}(")), "")
+        doc = re.split(r"(?<=[.;])\s", re.sub(r"^[\w.]+\.\*:\s*", "", doc), maxsplit=1)[0].rstrip(".;")
+        out += [f"{prefix}.*: {doc}".strip() if prefix else "Options (key=value):", *options_lines(cls, prefix, skip)]
         out.append("")
     if groups:
         out.append("Config groups (group=option), each a file in conf/<group>/:")
-        out.extend(f"  {g}: {', '.join(config_group_options(g))}" for g in groups)
+        for g in groups:
+            names = sorted(p.name[:-5] for p in files(CONFIG_MODULE).joinpath(g).iterdir() if p.name.endswith(".yaml"))
+            out.append(f"  {g}: {', '.join(names)}")
         out.append("")
-    out.extend(
-        [
-            *notes,
-            "`--cfg job` prints the composed config; `-m key=a,b` runs one job per value; "
-            "`--hydra-help` shows Hydra's own flags.",
-        ]
-    )
-    return "\n".join(out)
+    hint = "`--cfg job` prints the composed config; `-m key=a,b` runs one job per value; `--hydra-help`: Hydra's flags."
+    return "\n".join([*out, *notes, hint])
 
 
-def _summary(cls: type) -> str:
-    """The first sentence of a schema's docstring, less its `key.*:` prefix (node() classes: their base's)."""
-    for klass in cls.__mro__:
-        doc = " ".join((klass.__dict__.get("__doc__") or "").split())
-        if doc and not doc.startswith(f"{klass.__name__}("):  # not dataclass's generated signature
-            doc = re.sub(r"^[\w.]+\.\*:\s*", "", doc)
-            return re.split(r"(?<=[.;])\s", doc, maxsplit=1)[0].rstrip(".;")
-    return ""
-
-
-def config_group_options(group: str) -> list[str]:
-    """The options of a config group: conf/<group>/*.yaml."""
-    from importlib.resources import files
-
-    folder = files(CONFIG_MODULE).joinpath(group)
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-# --- the ${fast_precision:} resolver, and printing a config -------------------------------------------------------
-def fast_precision(accelerator: str = "auto") -> str:
-    """The Trainer precision that is fast on this machine's `accelerator`.
-
-    bf16 autocast pays where bf16 matmuls run in hardware: Ampere+ GPUs, and CPUs with
-    AVX512-BF16 or AMX (~3.5x float32 on the 2-core EPYC this project was tuned on). Elsewhere
-    it is emulated: ~10x slower than float32 on an AVX2 CPU (most laptops), so float32 it is;
-    older GPUs get fp16 with loss scaling. MPS and other accelerators: float32.
-    """
-    import torch
-
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
-    if accelerator == "cpu" or (accelerator == "auto" and not torch.backends.mps.is_available()):
-        cpu = torch.cpu
-        native = [getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return "bf16-mixed" if any(native) else "32-true"
-    return "32-true"
-
-
+# --- resolvers the configs use, and printing a config --------------------------------------------------------
 @functools.cache
 def run_id() -> str:
     """A short random suffix for run directory names, so two runs started in the same second get
@@ -284,7 +192,6 @@ def hydra_subdir(output_dir: str) -> str:
     return ".hydra"
 
 
-OmegaConf.register_new_resolver("fast_precision", fast_precision, replace=True)
 OmegaConf.register_new_resolver("run_id", run_id, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True, use_cache=True)
 

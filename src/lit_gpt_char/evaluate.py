@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from lit_gpt_char.config import help_text, options, register, run
+from lit_gpt_char.config import help_text, register, run
 from lit_gpt_char.core.checkpoint import Loaded
 from lit_gpt_char.core.corpus import DATA_DIR_ENV, SPLITS, split_ids
 from lit_gpt_char.core.evaluation import Score, read_text, score
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.loading import load_any, load_generator
-from lit_gpt_char.options import Options, option
+from lit_gpt_char.options import Options, build, option
 
 
 @dataclass
@@ -162,7 +162,7 @@ def scoring_words(stride: int | None, block_size: int) -> str:
 def evaluate(raw: DictConfig | EvaluateConfig) -> dict[str, Any]:
     """Score cfg.ckpt on its val split (or cfg.split, or cfg.text); print the table and the JSON line;
     return the result as a dict. Ctrl-C: one line and exit status 130, no traceback."""
-    cfg = options(raw, EvaluateConfig)
+    cfg = build(EvaluateConfig, raw)
     try:
         return _evaluate(cfg)
     except KeyboardInterrupt:

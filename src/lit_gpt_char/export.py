@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lit_gpt_char.console import ArgumentParser, quiet_broken_pipes
 from lit_gpt_char.core.exports import FORMATS, check_export_target, save_export
-from lit_gpt_char.errors import ArgumentParser, UserError, quiet_broken_pipes, user_errors
+from lit_gpt_char.errors import UserError, user_errors
 from lit_gpt_char.loading import load_any
 
 

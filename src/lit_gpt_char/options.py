@@ -1,112 +1,66 @@
 """Typed options: each default, type, allowed range and one-line help, written once.
 
 Every config group (and every entry point's own keys) is a dataclass of `option(...)` fields.
-Hydra composes YAML over these dataclasses (conf/ selects and overrides, it never restates a
-default), OmegaConf checks the types while it merges, and `Options.__post_init__` checks the
-ranges, so a bad value ends as one line, ``<key>=<value>: must be <what is allowed>``, whether
-it came from the command line, a YAML file or Python. Nothing here imports torch or Hydra.
+OmegaConf checks the types: Hydra composes conf/ over these dataclasses, and `build` merges plain
+values (a checkpoint's, a web request's) the same way. `Options.__post_init__` checks the ranges and
+choices. A bad value ends as one line, ``<key>=<value>: must be <what is allowed>``. No torch here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, Field
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from lit_gpt_char.errors import UserError
 
-_RANGE_KEYS = ("ge", "gt", "le", "lt")
 SEED = 1337  # the default seed of training, its data, its samples and sampling (the seed notebook's)
 
 
-def option(
-    default: Any = MISSING,
-    help: str = "",
-    *,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    choices: tuple[str, ...] | None = None,
-    length: int | None = None,
-    finite: bool = True,
-    factory: Callable[[], Any] | None = None,
-) -> Any:
-    """A dataclass field that carries its range and help: `n_layer: int = option(4, "blocks", ge=1)`.
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, **allowed: Any) -> Any:
+    """A dataclass field with its help and what it allows: `n_layer: int = option(4, "blocks", ge=1)`.
 
-    ge/gt/le/lt bound numbers (each item of a list); choices lists the strings allowed; length
-    fixes a list's length; finite=False lets NaN and infinities through.
-    """
-    meta = {
-        "help": help,
-        "ge": ge,
-        "gt": gt,
-        "le": le,
-        "lt": lt,
-        "choices": choices,
-        "length": length,
-        "finite": finite,
-    }
+    allowed: ge/gt/le/lt bound numbers (each item of a list), choices lists the values allowed,
+    length fixes a list's length, finite=False lets NaN and infinities through."""
+    meta = {"help": help, **allowed}
+    if isinstance(default, (list, dict)):
+        factory = factory or (lambda: type(default)(default))
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
-    if isinstance(default, (list, dict, tuple)):
-        frozen = default
-        return dataclasses.field(default_factory=lambda: type(frozen)(frozen), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
-
-
-def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
-    """(T, True) for `T | None` / Optional[T]; (hint, False) otherwise."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) < len(typing.get_args(hint)):
-            return (args[0] if len(args) == 1 else Any), True
-    return hint, False
-
-
-def _fmt(x: float) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def describe(hint: Any, meta: Mapping[str, Any]) -> str:
     """What a field allows, in words: 'an integer >= 1', 'null or a number in (0, 1]', ..."""
-    inner, optional = _unwrap_optional(hint)
-    origin = typing.get_origin(inner)
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    inner = next((a for a in args if a is not type(None)), hint) if type(None) in args else hint
     if meta.get("choices"):
-        what = "one of " + ", ".join(meta["choices"])
-    elif origin in (list, tuple):
+        what = "one of " + ", ".join(map(str, meta["choices"]))
+    elif typing.get_origin(inner) in (list, tuple):
         item = (typing.get_args(inner) or (Any,))[0]
-        n = meta.get("length")
-        what = f"a list of {n} " if n else "a list of "
+        what = f"a list of {meta['length']} " if meta.get("length") else "a list of "
         what += _bounds("numbers" if item in (int, float) else "values", meta)
-    elif inner is bool:
-        what = "true or false"
-    elif inner is int:
-        what = _bounds("an integer", meta)
-    elif inner is float:
-        what = _bounds("a number", meta)
-    elif inner is str:
-        what = "a string"
     else:
-        what = "a value"
-    return f"null or {what}" if optional else what
+        noun = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(inner, "a value")
+        what = _bounds(noun, meta) if inner in (int, float) else noun
+    return f"null or {what}" if inner is not hint else what
 
 
 def _bounds(noun: str, meta: Mapping[str, Any]) -> str:
-    lo = ("ge", meta.get("ge")) if meta.get("ge") is not None else ("gt", meta.get("gt"))
-    hi = ("le", meta.get("le")) if meta.get("le") is not None else ("lt", meta.get("lt"))
+    lo, hi = (("[", meta.get("ge")) if meta.get("ge") is not None else ("(", meta.get("gt")),
+              ("]", meta.get("le")) if meta.get("le") is not None else (")", meta.get("lt")))  # fmt: skip
+    show = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731
     if lo[1] is not None and hi[1] is not None:
-        left = "[" if lo[0] == "ge" else "("
-        right = "]" if hi[0] == "le" else ")"
-        return f"{noun} in {left}{_fmt(lo[1])}, {_fmt(hi[1])}{right}"
+        return f"{noun} in {lo[0]}{show(lo[1])}, {show(hi[1])}{hi[0]}"
     if lo[1] is not None:
-        return f"{noun} {'>=' if lo[0] == 'ge' else '>'} {_fmt(lo[1])}"
+        return f"{noun} {'>=' if lo[0] == '[' else '>'} {show(lo[1])}"
     if hi[1] is not None:
-        return f"{noun} {'<=' if hi[0] == 'le' else '<'} {_fmt(hi[1])}"
+        return f"{noun} {'<=' if hi[0] == ']' else '<'} {show(hi[1])}"
     return noun
 
 
@@ -119,100 +73,66 @@ def show_value(value: Any) -> str:
     return str(value)
 
 
-def _in_range(x: float, meta: Mapping[str, Any]) -> bool:
-    if meta.get("finite", True) and not math.isfinite(x):
-        return False
-    if math.isnan(x):
-        return True  # finite=False lets it through; no bound can judge it
-    return not (
-        (meta.get("ge") is not None and x < meta["ge"])
-        or (meta.get("gt") is not None and x <= meta["gt"])
-        or (meta.get("le") is not None and x > meta["le"])
-        or (meta.get("lt") is not None and x >= meta["lt"])
-    )
-
-
-def _number(value: Any, kind: type) -> Any:
-    """value as an int or float if it is one (bools are not numbers here), else None."""
-    if isinstance(value, bool):
-        return None
-    if kind is int:
-        if isinstance(value, int):
-            return value
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    return None
-
-
-def check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
-    """value if it is of `hint` and in range (ints widened to float where a float is asked for,
-    lists to tuples where a tuple is); else UserError naming key, value and what is allowed."""
-
-    def bad() -> UserError:
-        return UserError(f"{key}={show_value(value)}: must be {describe(hint, meta)}")
-
-    inner, optional = _unwrap_optional(hint)
+def allowed(value: Any, meta: Mapping[str, Any]) -> bool:
+    """Whether a value of the right type (OmegaConf checked it) is in the field's range and choices."""
     if value is None:
-        if optional or inner is Any:
-            return None
-        raise bad()
-    if inner is Any:
-        return value
-    origin = typing.get_origin(inner)
-    if meta.get("choices"):
-        if not isinstance(value, str) or value not in meta["choices"]:
-            raise bad()
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)) or (meta.get("length") is not None and len(value) != meta["length"]):
-            raise bad()
-        item = (typing.get_args(inner) or (Any,))[0]
-        out = []
-        for v in value:
-            if item in (int, float):
-                n = _number(v, item)
-                if n is None or not _in_range(n, meta):
-                    raise bad()
-                out.append(n)
-            else:
-                out.append(v)
-        return tuple(out) if origin is tuple else out
-    if inner is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if inner in (int, float):
-        n = _number(value, inner)
-        if n is None or not _in_range(n, meta):
-            raise bad()
-        return n
-    if inner is str:
-        if not isinstance(value, str):
-            raise bad()
-        return value
-    return value
+        return True
+    if meta.get("choices") is not None:
+        return value in meta["choices"]
+    if meta.get("length") is not None and len(value) != meta["length"]:
+        return False
+    for x in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            continue
+        if math.isnan(x) or math.isinf(x):
+            if meta.get("finite", True):
+                return False
+            continue
+        for bound, ok in _TESTS.items():
+            if meta.get(bound) is not None and not ok(x, meta[bound]):
+                return False
+    return True
+
+
+_TESTS = {"ge": lambda x, b: x >= b, "gt": lambda x, b: x > b, "le": lambda x, b: x <= b, "lt": lambda x, b: x < b}
 
 
 class Options:
-    """Base of every options dataclass: checks each field against its type and range on creation.
+    """Base of every options dataclass: on creation, OmegaConf checks (and converts: "4" -> 4) each
+    value against its field's type, then each value must be in its range.
 
     KEY is where the options live in the config ("model", "optim", ... or "" for an entry point's
     top-level keys), so errors name the key a user types. Subclasses add checks that involve
-    several fields in `check()`.
+    several fields in `check()`. OPEN: keys beyond the fields are left to their consumer.
     """
 
     KEY: ClassVar[str] = ""
-    OPEN: ClassVar[bool] = False  # True: keys beyond the fields are allowed (and left to their consumer)
+    OPEN: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        from omegaconf import OmegaConf
+        from omegaconf.errors import MissingMandatoryValue, ValidationError
+
+        fields = {f.name: f for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        given = {name: getattr(self, name) for name in fields}
         hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if value is MISSING or (isinstance(value, str) and value == "???"):
-                what = f" ({f.metadata['help']})" if f.metadata.get("help") else ""
-                raise UserError(f"{self.key(f.name)} is required: pass {self.key(f.name)}=...{what}")
-            setattr(self, f.name, check_value(self.key(f.name), value, hints[f.name], f.metadata))
+
+        def bad(name: str) -> UserError:
+            meta = fields[name].metadata
+            return UserError(f"{self.key(name)}={show_value(given[name])}: must be {describe(hints[name], meta)}")
+
+        try:
+            node = OmegaConf.merge(OmegaConf.structured(type(self)), _literal(given))
+            checked = OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as e:
+            key, what = self.key(str(e.key)), fields[str(e.key)].metadata.get("help")
+            raise UserError(f"{key} is required: pass {key}=..." + (f" ({what})" if what else "")) from None
+        except ValidationError as e:
+            raise bad(re.sub(r"\[\d+\]$", "", str(e.full_key)).split(".")[0]) from None
+        for name, value in checked.items():
+            if not allowed(value, fields[name].metadata):
+                raise bad(name)
+            setattr(self, name, value)
         self.check()
 
     def check(self) -> None:
@@ -223,38 +143,64 @@ class Options:
         return f"{cls.KEY}.{name}" if cls.KEY else name
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values only (tuples as lists), e.g. for a checkpoint or JSON."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        """Plain values only, e.g. for a checkpoint or JSON."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+def build(cls: type, values: Any = None, **extra: Any) -> Any:
+    """cls(**values) from plain values or a config node (interpolations resolved), with an unknown key
+    refused by name (an OPEN cls leaves them out) and a node's `_target_` left out."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-
-def field_info(cls: type, name: str) -> tuple[Any, Field] | None:
-    """(type hint, Field) of a dataclass field; None if cls has no such field."""
-    if not dataclasses.is_dataclass(cls):
-        return None
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return typing.get_type_hints(cls)[name], f
-    return None
-
-
-def build(cls: type, values: Mapping[str, Any] | None = None, **extra: Any) -> Any:
-    """cls(**values, **extra), with unknown keys refused by name instead of a TypeError."""
-    values = {**(values or {}), **extra}
+    if isinstance(values, cls) and not extra:
+        return values
+    if OmegaConf.is_config(values):
+        try:
+            values = OmegaConf.to_container(values, resolve=True, throw_on_missing=True)
+        except OmegaConfBaseException as e:  # a required key left out, an interpolation to nothing
+            raise UserError(error_line(e)) from None
     names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in {**(values or {}), **extra}.items() if k in names or (k != "_target_" and not cls.OPEN)}
     unknown = sorted(set(values) - names)
-    if unknown and getattr(cls, "OPEN", False):
-        values = {k: v for k, v in values.items() if k in names}
-    elif unknown:
-        prefix = f"{cls.KEY}." if getattr(cls, "KEY", "") else ""
-        raise UserError(
-            f"unknown option(s) {', '.join(prefix + k for k in unknown)}: the valid ones are {', '.join(sorted(names))}"
-        )
+    if unknown:
+        keys = ", ".join(cls.key(k) for k in unknown)
+        raise UserError(f"unknown option(s) {keys}: the valid ones are {', '.join(sorted(names))}")
     return cls(**values)
+
+
+def _literal(value: Any) -> Any:
+    """value with each `${` escaped, so OmegaConf keeps a string such as a prompt "${x}" as it is."""
+    if isinstance(value, str) and "${" in value:
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, (list, tuple)):
+        return [_literal(v) for v in value]
+    return {k: _literal(v) for k, v in value.items()} if isinstance(value, Mapping) else value
+
+
+def error_line(e: BaseException) -> str:
+    """One line for an error OmegaConf raised on the composed config, made from the exception's fields
+    (the key, its schema, the value) and the value as this command line has it, never from its text."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
+
+    key = re.sub(r"\[\d+\]$", "", getattr(e, "full_key", None) or str(getattr(e, "key", None) or ""))
+    if isinstance(e, (ConfigAttributeError, ConfigKeyError)):
+        return f"{key}: no such option; `--cfg job` prints every option (a new key needs +{key}=...)"
+    cls = getattr(e, "object_type", None)
+    field = {f.name: f for f in dataclasses.fields(cls)}.get(key.rsplit(".", 1)[-1]) if is_schema(cls) else None
+    if isinstance(e, MissingMandatoryValue):
+        what = field.metadata.get("help") if field else None
+        return f"{key} is required: pass {key}=..." + (f" ({what})" if what else "")
+    if not isinstance(e, ValidationError) or field is None:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        return f"{key}: {first}" if key else first
+    # As typed (1e-3, not 0.001): the one OmegaConf refused, else the last; a sweep's a,b,c: the job's own.
+    given = [v for k, sep, v in (a.partition("=") for a in sys.argv[1:]) if sep and k.lstrip("+~") == key]
+    given = [v for v in given if "," not in v or v.lstrip().startswith(("[", "{", "'", '"'))]
+    value = getattr(e, "value", None)
+    shown = next((v for v in given if v in (str(value), show_value(value))), given[-1] if given else show_value(value))
+    return f"{key}={shown}: must be {describe(typing.get_type_hints(cls)[field.name], field.metadata)}"
+
+
+def is_schema(cls: Any) -> bool:
+    return isinstance(cls, type) and dataclasses.is_dataclass(cls)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lit_gpt_char.errors import ArgumentParser, UserError, check_output_dir, quiet_broken_pipes, user_errors
+from lit_gpt_char.console import ArgumentParser, check_output_dir, quiet_broken_pipes
+from lit_gpt_char.errors import UserError, user_errors
 from lit_gpt_char.results import plots
 
 

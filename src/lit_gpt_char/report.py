@@ -20,7 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lit_gpt_char.errors import ArgumentParser, UserError, check_output_dir, quiet_broken_pipes, user_errors
+from lit_gpt_char.console import ArgumentParser, check_output_dir, quiet_broken_pipes
+from lit_gpt_char.errors import UserError, user_errors
 from lit_gpt_char.results.plots import Series, draw_frontier, draw_val_curves
 from lit_gpt_char.results.sweeps import (
     JobSummary,

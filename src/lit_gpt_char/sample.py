@@ -18,13 +18,14 @@ from typing import Any  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lit_gpt_char.config import help_text, options, register, run  # noqa: E402
+from lit_gpt_char.config import help_text, register, run  # noqa: E402
+from lit_gpt_char.console import check_output_file  # noqa: E402
 from lit_gpt_char.core.generation import SamplingOptions  # noqa: E402
 from lit_gpt_char.core.text_generator import precision_option  # noqa: E402
-from lit_gpt_char.errors import UserError, check_output_file  # noqa: E402
+from lit_gpt_char.errors import UserError  # noqa: E402
 from lit_gpt_char.files import atomic_write_text  # noqa: E402
 from lit_gpt_char.loading import load_any, load_generator  # noqa: E402
-from lit_gpt_char.options import option  # noqa: E402
+from lit_gpt_char.options import build, option  # noqa: E402
 
 
 @dataclass
@@ -106,7 +107,7 @@ def progress_bar(cfg: SampleConfig, stream: bool) -> tqdm:
 
 def sample(raw: DictConfig | SampleConfig) -> list[str]:
     """Generate cfg.num_samples texts; return them (prompt included)."""
-    cfg = options(raw, SampleConfig)
+    cfg = build(SampleConfig, raw)
     if cfg.out:
         check_output_file(cfg.out, "out")
     prompt = read_prompt(cfg)

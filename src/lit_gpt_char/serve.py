@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from lit_gpt_char.config import help_text, options, register, run
+from lit_gpt_char.config import help_text, register, run
 from lit_gpt_char.core.text_generator import precision_option
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.loading import load_any, load_generator
-from lit_gpt_char.options import Options, option
+from lit_gpt_char.options import Options, build, option
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -78,7 +78,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(raw: DictConfig | ServeConfig) -> None:
     """Load the model, then serve the playground until Ctrl-C."""
-    cfg = options(raw, ServeConfig)
+    cfg = build(ServeConfig, raw)
     try:
         import uvicorn
 

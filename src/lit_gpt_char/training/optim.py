@@ -34,7 +34,7 @@ class OptimConfig(Options):
         1e-5, "AdamW's learning rate at the end of the decay (the schedule scales Muon's alike)", ge=0, le=10
     )
     weight_decay: float = option(0.1, "AdamW weight decay on the weight matrices (not biases or gains)", ge=0, le=10)
-    betas: tuple[float, float] = option((0.9, 0.95), "AdamW's beta1, beta2", length=2, ge=0, lt=1)
+    betas: list[float] = option([0.9, 0.95], "AdamW's beta1, beta2", length=2, ge=0, lt=1)
     eps: float = option(1e-8, "AdamW's epsilon", gt=0, le=1)
     muon_lr: float = option(0.02, "muon: peak learning rate of Muon", gt=0, le=10)
     muon_momentum: float = option(0.95, "muon: momentum", ge=0, lt=1)

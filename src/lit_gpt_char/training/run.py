@@ -27,11 +27,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lit_gpt_char.config import options, print_config_tree
+from lit_gpt_char.config import print_config_tree
 from lit_gpt_char.core.checkpoint import model_config, safe_load
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError, find_user_error, in_multirun
+from lit_gpt_char.options import build
 from lit_gpt_char.results.status import RunRecord, update_status
 from lit_gpt_char.training import rundir
 from lit_gpt_char.training.budget import BudgetClock, describe, parse_budget
@@ -65,12 +66,12 @@ def check_config(cfg: DictConfig, root: type[TrainConfig] = TrainConfig) -> Sett
     """The whole config, checked (types and ranges) before any work starts; root: the schema of
     the top-level keys (the bench command adds its own)."""
     return Settings(
-        options(cfg, root),
-        options(cfg.model, ModelConfig),
-        options(cfg.optim, OptimConfig),
-        options(cfg.data, DataConfig),
-        options(cfg.trainer, TrainerConfig),
-        options(cfg.paths, PathsConfig),
+        build(root, cfg),
+        build(ModelConfig, cfg.model),
+        build(OptimConfig, cfg.optim),
+        build(DataConfig, cfg.data),
+        build(TrainerConfig, cfg.trainer),
+        build(PathsConfig, cfg.paths),
     )
 
 
