@@ -171,8 +171,8 @@ def help_text(
             names = sorted(p.name[:-5] for p in files(CONFIG_MODULE).joinpath(g).iterdir() if p.name.endswith(".yaml"))
             out.append(f"  {g}: {', '.join(names)}")
         out.append("")
-    hint = "`--cfg job` prints the composed config; `-m key=a,b` runs one job per value; `--hydra-help`: Hydra's flags."
-    return "\n".join([*out, *notes, hint])
+    hint = "`--cfg job` prints the composed config; `-m key=a,b` runs one job per value; `--hydra-help` shows"
+    return "\n".join([*out, *notes, hint + " Hydra's own flags."])
 
 
 # --- resolvers the configs use, and printing a config --------------------------------------------------------

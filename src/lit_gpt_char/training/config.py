@@ -85,7 +85,7 @@ class TrainerConfig(Options):
     limit_val_batches: Any = option(None, "validate on N batches (or a fraction); 0: no validation; null: all")
     num_sanity_val_steps: int = option(2, "validation batches run before training, to catch errors early", ge=-1)
     gradient_clip_val: float | None = option(1.0, "clip the gradient norm to this; null or 0: no clipping", ge=0)
-    gradient_clip_algorithm: str | None = option(None, "norm (default) | value", choices=None)
+    gradient_clip_algorithm: str | None = option(None, "norm (default) | value", choices=("norm", "value"))
     accumulate_grad_batches: int = option(1, "batches whose gradients add up to one optimizer step", ge=1)
     log_every_n_steps: int = option(1, "steps between logged training points", ge=1)
     enable_checkpointing: bool = option(True, "the checkpoint callback (callbacks.model_checkpoint)")
@@ -116,10 +116,6 @@ class TrainerConfig(Options):
             raise UserError(
                 f"trainer.precision={self.precision}: must be one of "
                 f"{', '.join(str(p) for p in PRECISIONS if isinstance(p, str))}"
-            )
-        if self.gradient_clip_algorithm not in (None, "norm", "value"):
-            raise UserError(
-                f"trainer.gradient_clip_algorithm={self.gradient_clip_algorithm}: must be null, norm or value"
             )
         v = self.val_check_interval
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (isinstance(v, float) and v > 1):
