@@ -119,7 +119,8 @@ class Options:
 
         def bad(name: str) -> UserError:
             meta = fields[name].metadata
-            return UserError(f"{self.key(name)}={show_value(given[name])}: must be {describe(hints[name], meta)}")
+            key = self.key(name)
+            return UserError(f"{key}={as_typed(key, given[name])}: must be {describe(hints[name], meta)}")
 
         try:
             node = OmegaConf.merge(OmegaConf.structured(type(self)), _literal(given))
@@ -194,12 +195,16 @@ def error_line(e: BaseException) -> str:
     if not isinstance(e, ValidationError) or field is None:
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         return f"{key}: {first}" if key else first
-    # As typed (1e-3, not 0.001): the one OmegaConf refused, else the last; a sweep's a,b,c: the job's own.
+    shown = as_typed(key, getattr(e, "value", None))
+    return f"{key}={shown}: must be {describe(typing.get_type_hints(cls)[field.name], field.metadata)}"
+
+
+def as_typed(key: str, value: Any) -> str:
+    """value as this command line has it (1e-3, not 0.001; 0, not 0.0): of the key's values there, the
+    one equal to value, else the last; a sweep's a,b,c, or a key not there: value as a user writes it."""
     given = [v for k, sep, v in (a.partition("=") for a in sys.argv[1:]) if sep and k.lstrip("+~") == key]
     given = [v for v in given if "," not in v or v.lstrip().startswith(("[", "{", "'", '"'))]
-    value = getattr(e, "value", None)
-    shown = next((v for v in given if v in (str(value), show_value(value))), given[-1] if given else show_value(value))
-    return f"{key}={shown}: must be {describe(typing.get_type_hints(cls)[field.name], field.metadata)}"
+    return next((v for v in given if v in (str(value), show_value(value))), given[-1] if given else show_value(value))
 
 
 def is_schema(cls: Any) -> bool:
