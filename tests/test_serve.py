@@ -195,6 +195,8 @@ BAD_REQUESTS = [
     (b'{"prompt": "a", "top_k": 0}', "top_k=0: must be null or an integer >= 1"),
     (b'{"prompt": "a", "on_unknown": "ignore"}', "on_unknown=ignore: must be one of error, skip"),
     (b'{"prompt": "a", "temperature": null}', "temperature=null: must be a number"),
+    (b'{"prompt": "a", "max_new_tokens": "50000000"}', "max_new_tokens=50000000: must be at most 1000000 here"),
+    (b'{"prompt": "a", "top_k": "${x}"}', "top_k=${x}: must be null or an integer >= 1"),
     (b'{"prompt": "' + b"a" * 1_000_001 + b'"}', "at most 1000000"),
     (b"[" * 100_000 + b"]" * 100_000, "the request body is not JSON (or is nested too deeply)"),
     (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),

@@ -171,6 +171,8 @@ def check_request(values: object, max_chars: int) -> tuple[str, str, dict[str, A
     on_unknown = values.get("on_unknown", "error")
     options = {k: v for k, v in values.items() if k not in ("prompt", "on_unknown")}
     n = options.get("max_new_tokens")
-    if isinstance(n, int) and not isinstance(n, bool) and n > max_chars:
+    if not isinstance(n, int) or isinstance(n, bool):  # text such as "50000000" is a number once checked
+        n = build(SamplingOptions, options).max_new_tokens
+    if n > max_chars:
         raise UserError(f"max_new_tokens={n}: must be at most {max_chars} here (the server's max_chars)")
     return prompt, on_unknown, options
