@@ -25,8 +25,8 @@ SEED = 1337  # the default seed of training, its data, its samples and sampling 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, **allowed: Any) -> Any:
     """A dataclass field with its help and what it allows: `n_layer: int = option(4, "blocks", ge=1)`.
 
-    allowed: ge/gt/le/lt bound numbers (each item of a list), choices lists the values allowed,
-    length fixes a list's length, finite=False lets NaN and infinities through."""
+    allowed: ge/gt/le/lt bound numbers (each item of a list; NaN and infinities are refused), choices
+    lists the values allowed, length fixes a list's length."""
     meta = {"help": help, **allowed}
     if isinstance(default, (list, dict)):
         factory = factory or (lambda: type(default)(default))
@@ -84,10 +84,8 @@ def allowed(value: Any, meta: Mapping[str, Any]) -> bool:
     for x in value if isinstance(value, (list, tuple)) else [value]:
         if isinstance(x, bool) or not isinstance(x, (int, float)):
             continue
-        if math.isnan(x) or math.isinf(x):
-            if meta.get("finite", True):
-                return False
-            continue
+        if not math.isfinite(x):
+            return False
         for bound, ok in _TESTS.items():
             if meta.get(bound) is not None and not ok(x, meta[bound]):
                 return False
