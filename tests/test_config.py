@@ -270,7 +270,7 @@ BAD_TRAIN = [
     ("model.bias=maybe", "model.bias=maybe: must be true or false"),
     ("model.block_size=-8", "model.block_size=-8: must be an integer"),
     ("model.foo=1", "model.foo: no such option"),
-    ("optim.lr=0", "optim.lr=0"),
+    ("optim.lr=0", "optim.lr=0: must be a number in (0, 10]"),  # as typed, not 0.0
     ("optim.lr=-1e-3", "must be a number in (0, 10]"),
     ("optim.lr=inf", "optim.lr=inf: must be a number in (0, 10]"),
     ("optim.betas=[0.9]", "optim.betas=[0.9]: must be a list of 2 numbers in [0, 1)"),
@@ -379,3 +379,13 @@ def test_python_api_checks_the_same_ranges():
     with pytest.raises(UserError, match=r"data.batch_size=true: must be an integer"):
         TextDataModule({"batch_size": True})
     assert OptimConfig(betas=[0.8, 0.9]).betas == [0.8, 0.9] and OptimConfig(lr=1).lr == 1.0
+
+
+def test_omegaconf_converts_what_it_can_and_a_dollar_brace_stays_text():
+    assert GPTConfig(n_layer="4").n_layer == 4 and OptimConfig(lr="0.5").lr == 0.5 and OptimConfig(lr=1).lr == 1.0
+    text = "${HOME} \\${x} \\\\${y}"
+    assert build(sample.SampleConfig, {"ckpt": "x", "prompt": text}).prompt == text  # never resolved
+    with pytest.raises(UserError, match=r"^top_k=\$\{x\}: must be null or an integer >= 1$"):
+        SamplingOptions(top_k="${x}")
+    with pytest.raises(UserError, match=r"^ckpt is required: pass ckpt=\.\.\. \(a \.ckpt file"):
+        build(sample.SampleConfig, {})

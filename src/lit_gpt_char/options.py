@@ -113,12 +113,10 @@ class Options:
 
         fields = {f.name: f for f in dataclasses.fields(self)}  # type: ignore[arg-type]
         given = {name: getattr(self, name) for name in fields}
-        hints = typing.get_type_hints(type(self))
 
         def bad(name: str) -> UserError:
-            meta = fields[name].metadata
-            key = self.key(name)
-            return UserError(f"{key}={as_typed(key, given[name])}: must be {describe(hints[name], meta)}")
+            key, hint = self.key(name), typing.get_type_hints(type(self))[name]
+            return UserError(f"{key}={as_typed(key, given[name])}: must be {describe(hint, fields[name].metadata)}")
 
         try:
             node = OmegaConf.merge(OmegaConf.structured(type(self)), _literal(given))
@@ -186,7 +184,8 @@ def error_line(e: BaseException) -> str:
     if isinstance(e, (ConfigAttributeError, ConfigKeyError)):
         return f"{key}: no such option; `--cfg job` prints every option (a new key needs +{key}=...)"
     cls = getattr(e, "object_type", None)
-    field = {f.name: f for f in dataclasses.fields(cls)}.get(key.rsplit(".", 1)[-1]) if is_schema(cls) else None
+    schema = isinstance(cls, type) and dataclasses.is_dataclass(cls)
+    field = {f.name: f for f in dataclasses.fields(cls)}.get(key.rsplit(".", 1)[-1]) if schema else None
     if isinstance(e, MissingMandatoryValue):
         what = field.metadata.get("help") if field else None
         return f"{key} is required: pass {key}=..." + (f" ({what})" if what else "")
@@ -203,7 +202,3 @@ def as_typed(key: str, value: Any) -> str:
     given = [v for k, sep, v in (a.partition("=") for a in sys.argv[1:]) if sep and k.lstrip("+~") == key]
     given = [v for v in given if "," not in v or v.lstrip().startswith(("[", "{", "'", '"'))]
     return next((v for v in given if v in (str(value), show_value(value))), given[-1] if given else show_value(value))
-
-
-def is_schema(cls: Any) -> bool:
-    return isinstance(cls, type) and dataclasses.is_dataclass(cls)

@@ -8,7 +8,8 @@
     callbacks.generate_samples.*, callbacks.plot_curves.*, callbacks.progress_log.*   (training.callbacks)
     seed, ckpt_path, resume, ...  TrainConfig (below: the top-level keys)
 
-conf/train.yaml and its groups select these and override values; the defaults are here.
+conf/train.yaml and its groups select these and override values; the defaults are here. Importing
+this module registers `${fast_precision:}`, the resolver of trainer.precision's default.
 """
 
 from __future__ import annotations
