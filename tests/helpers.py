@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import lit_gpt_char.config  # noqa: F401  (registers the resolvers the configs use)
+import lit_gpt_char.training.config  # noqa: F401  (registers the resolvers the configs use)
 from lit_gpt_char.core.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,14 +144,12 @@ def compose_config(name: str, overrides: list[str], tmp_path: Path | None = None
 
 
 def compose_train(overrides: list[str], tmp_path: Path | None = None) -> DictConfig:
-    import lit_gpt_char.training.config  # noqa: F401  (registers the schemas)
 
     return compose_config("train", overrides, tmp_path)
 
 
 def compose_hydra(overrides: list[str]) -> DictConfig:
     """The train config with its `hydra` node (launcher, sweeper), as Hydra composes it."""
-    import lit_gpt_char.training.config  # noqa: F401  (registers the schemas)
 
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="lit_gpt_char.conf", version_base="1.3"):

@@ -233,7 +233,7 @@ def test_default_run_directories_are_unique_within_a_second():
     assert re.fullmatch(r"L/train/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{4}", run_dir), run_dir
     again = compose_hydra(["paths.log_dir=L"]).hydra.run.dir
     assert again[-4:] == run_dir[-4:]  # the same suffix within a process (the time may have ticked on)
-    code = "from lit_gpt_char.config import run_id; print(run_id())"
+    code = "from lit_gpt_char.training.rundir import run_id; print(run_id())"
     ids = {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         for _ in range(4)

@@ -325,10 +325,18 @@ def test_a_client_that_stops_reading_loses_its_generation(monkeypatch):
         assert closed == [True] and not lock.locked()
 
         closed.clear()
+        sent.clear()
+
+        async def taking_send(message):
+            sent.append(message)
+            await anyio.sleep(0)
+
         response = playground.GenerationResponse(playground.generation(pieces(), lock, seconds=0.01))
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(response.stream_response, lambda m: anyio.sleep(0))
-            await anyio.sleep(0.3)
+            tasks.start_soon(response.stream_response, taking_send)
+            with anyio.fail_after(30):  # until the generation runs (the start and a first chunk went out)
+                while len(sent) < 2:
+                    await anyio.sleep(0.01)
             tasks.cancel_scope.cancel()
         assert closed == [True] and not lock.locked()
 

@@ -31,11 +31,12 @@ from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from lit_gpt_char.config import help_text, print_config_tree, register, run
+from lit_gpt_char.config import print_config_tree, register, run
 from lit_gpt_char.core.generation import generate
 from lit_gpt_char.core.model import GPT
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.helptext import help_text
 from lit_gpt_char.loading import load_generator
 from lit_gpt_char.options import option
 from lit_gpt_char.training.config import TrainConfig

@@ -1,25 +1,16 @@
-"""Hydra glue shared by the entry points: schemas in the ConfigStore, Hydra's and OmegaConf's errors
-as one `error:` line, `--help` from the schemas, and the run directory's resolvers.
+"""Hydra glue shared by the entry points: schemas into the ConfigStore, the console entry that turns
+Hydra's and OmegaConf's errors into one `error:` line, and printing a composed config.
 
 The schemas themselves live beside what they configure (core.model.GPTConfig, training.optim,
 training.data, ...); conf/*.yaml names them in its defaults lists (`/schema/<name>@_here_`), so a
-YAML file only selects and overrides. Importing this module registers the resolvers.
+YAML file only selects and overrides. `--help` is helptext.py's.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 import os
-import re
-import shutil
 import sys
-import textwrap
-import time
-import typing
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lit_gpt_char.console import quiet_broken_pipes
 from lit_gpt_char.errors import user_errors, wants_traceback
-from lit_gpt_char.options import describe, error_line, show_value
+from lit_gpt_char.options import error_line
 
 CONFIG_MODULE = "lit_gpt_char.conf"
 
@@ -111,89 +102,6 @@ def _hydra_errors() -> tuple[type[BaseException], ...]:
 
     return ConfigCompositionException, MissingConfigException, OverrideParseException
 
-
-# --- --help: each entry point's own options, from its schemas ---------------------------------------------------
-HELP_COLUMN = 34
-
-
-def _default(f: dataclasses.Field) -> str:
-    """A field's default as it is typed on the command line ("???": required)."""
-    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    if value is dataclasses.MISSING:
-        return "???"
-    if isinstance(value, str) and (not value.isprintable() or value != value.strip() or value == ""):
-        return json.dumps(value)  # "\n" shows as "\n", not as a line break
-    if isinstance(value, list) and not all(isinstance(v, (int, float, str)) for v in value):
-        return "[...]"
-    return show_value(value)
-
-
-def options_lines(cls: type, prefix: str = "", skip: Sequence[str] = ()) -> list[str]:
-    """One entry per option of the schema cls, the required ones first: `  key=default   help [allowed]`."""
-    hints = typing.get_type_hints(cls)
-    width = max(min(shutil.get_terminal_size((100, 24)).columns, 120) - HELP_COLUMN, 30)
-    lines = []
-    fields = [f for f in dataclasses.fields(cls) if not f.name.startswith("_") and f.name not in skip]
-    for f in sorted(fields, key=lambda f: _default(f) != "???"):
-        head = f"  {prefix + '.' if prefix else ''}{f.name}={_default(f)}"
-        what = ("required: " if _default(f) == "???" else "") + f.metadata.get("help", "")
-        allowed = describe(hints[f.name], f.metadata)
-        if allowed.removeprefix("null or ") not in ("a value", "a string"):
-            what = f"{what} [{allowed}]".strip()
-        body = textwrap.wrap(what, width=width) or [""]
-        first = [head, *body] if len(head) >= HELP_COLUMN - 1 else [head.ljust(HELP_COLUMN) + body.pop(0), *body]
-        lines += [first[0], *(" " * HELP_COLUMN + b for b in first[1:])]
-    return lines
-
-
-def help_text(
-    title: str,
-    usage: str,
-    sections: Sequence[tuple[str, type]],
-    skip: Sequence[str] = (),
-    groups: Sequence[str] = (),
-    notes: Sequence[str] = (),
-) -> str:
-    """An entry point's --help: what it does, how to call it, then each section's options (key=default,
-    help, what is allowed), the config groups it composes from, and notes."""
-    from importlib.resources import files
-
-    out = [title, "", f"Usage: {usage}", ""]
-    for prefix, cls in sections:
-        docs = (" ".join((k.__dict__.get("__doc__") or "").split()) for k in cls.__mro__)
-        doc = next((d for d, k in zip(docs, cls.__mro__) if d and not d.startswith(f"{k.__name__}(")), "")
-        doc = re.split(r"(?<=[.;])\s", re.sub(r"^[\w.]+\.\*:\s*", "", doc), maxsplit=1)[0].rstrip(".;")
-        out += [f"{prefix}.*: {doc}".strip() if prefix else "Options (key=value):", *options_lines(cls, prefix, skip)]
-        out.append("")
-    if groups:
-        out.append("Config groups (group=option), each a file in conf/<group>/:")
-        for g in groups:
-            names = sorted(p.name[:-5] for p in files(CONFIG_MODULE).joinpath(g).iterdir() if p.name.endswith(".yaml"))
-            out.append(f"  {g}: {', '.join(names)}")
-        out.append("")
-    hint = "`--cfg job` prints the composed config; `-m key=a,b` runs one job per value; `--hydra-help` shows"
-    return "\n".join([*out, *notes, hint + " Hydra's own flags."])
-
-
-# --- resolvers the configs use, and printing a config --------------------------------------------------------
-@functools.cache
-def run_id() -> str:
-    """A short random suffix for run directory names, so two runs started in the same second get
-    two directories (one value per process, so every access names the same directory)."""
-    return os.urandom(2).hex()
-
-
-def hydra_subdir(output_dir: str) -> str:
-    """Where Hydra records this command's config in its run directory: `.hydra`, or `.hydra/<time>`
-    when the directory already holds another command's record (a resume, a reused hydra.run.dir),
-    so no command overwrites another's. Cached per directory: Hydra reads it more than once."""
-    if (Path(output_dir) / ".hydra" / "config.yaml").exists():
-        return f".hydra/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{run_id()}"
-    return ".hydra"
-
-
-OmegaConf.register_new_resolver("run_id", run_id, replace=True, use_cache=True)
-OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True, use_cache=True)
 
 PRINT_ORDER = ("model", "optim", "data", "trainer", "callbacks", "logger", "paths", "experiment", "seed", "ckpt_path")
 

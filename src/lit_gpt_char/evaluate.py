@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from lit_gpt_char.config import help_text, register, run
+from lit_gpt_char.config import register, run
 from lit_gpt_char.core.checkpoint import Loaded
 from lit_gpt_char.core.corpus import DATA_DIR_ENV, SPLITS, split_ids
 from lit_gpt_char.core.evaluation import Score, read_text, score
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.helptext import help_text
 from lit_gpt_char.loading import load_any, load_generator
 from lit_gpt_char.options import Options, build, option
 

@@ -18,12 +18,13 @@ from typing import Any  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lit_gpt_char.config import help_text, register, run  # noqa: E402
+from lit_gpt_char.config import register, run  # noqa: E402
 from lit_gpt_char.console import check_output_file  # noqa: E402
 from lit_gpt_char.core.generation import SamplingOptions  # noqa: E402
 from lit_gpt_char.core.text_generator import precision_option  # noqa: E402
 from lit_gpt_char.errors import UserError  # noqa: E402
 from lit_gpt_char.files import atomic_write_text  # noqa: E402
+from lit_gpt_char.helptext import help_text  # noqa: E402
 from lit_gpt_char.loading import load_any, load_generator  # noqa: E402
 from lit_gpt_char.options import build, option  # noqa: E402
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from lit_gpt_char.config import help_text, register, run
+from lit_gpt_char.config import register, run
 from lit_gpt_char.core.text_generator import precision_option
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.helptext import help_text
 from lit_gpt_char.loading import load_any, load_generator
 from lit_gpt_char.options import Options, build, option
 

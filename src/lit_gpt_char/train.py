@@ -5,7 +5,8 @@ The options, their defaults and ranges: training/config.py; what a run does: tra
 
 from __future__ import annotations
 
-from lit_gpt_char.config import help_text, run
+from lit_gpt_char.config import run
+from lit_gpt_char.helptext import help_text
 from lit_gpt_char.training import run as training
 
 

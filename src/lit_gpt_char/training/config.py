@@ -9,7 +9,8 @@
     seed, ckpt_path, resume, ...  TrainConfig (below: the top-level keys)
 
 conf/train.yaml and its groups select these and override values; the defaults are here. Importing
-this module registers `${fast_precision:}`, the resolver of trainer.precision's default.
+this module registers the resolvers the train config uses (`${fast_precision:}`, `${run_id:}`,
+`${hydra_subdir:}`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from omegaconf import OmegaConf
 from lit_gpt_char.config import register
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.options import SEED, Options, option
+from lit_gpt_char.training import rundir
 from lit_gpt_char.training.budget import parse_budget
 from lit_gpt_char.training.callbacks.curves import PlotCurvesConfig
 from lit_gpt_char.training.callbacks.progress import ProgressLogConfig
@@ -53,7 +55,10 @@ def fast_precision(accelerator: str = "auto") -> str:
     return "32-true"
 
 
+# The resolvers the train config uses: the precision's default, and the run directory's name and record.
 OmegaConf.register_new_resolver("fast_precision", fast_precision, replace=True)
+OmegaConf.register_new_resolver("run_id", rundir.run_id, replace=True, use_cache=True)
+OmegaConf.register_new_resolver("hydra_subdir", rundir.hydra_subdir, replace=True, use_cache=True)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """One run, one directory, one record.
 
 Hydra makes the run directory (and writes `.hydra/` and `train.log` into it) before any code of
-ours runs. From there:
+ours runs, named by conf/hydra/default.yaml with the `${run_id:}` and `${hydra_subdir:}` resolvers
+below. From there:
 - a resumed run continues in the directory of the run it resumes: `adopt` moves this command's
   config record under the old run's `.hydra/`, sends the log there, and removes the new directory;
 - a directory that already holds a run is never trained into from scratch (`check_free`);
@@ -12,6 +13,7 @@ ours runs. From there:
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -26,6 +28,22 @@ from lit_gpt_char.errors import UserError
 
 LOCK_FILE = ".lock"
 RUN_MARKERS = ("checkpoints", "tensorboard", "status.json")  # what only a run (not Hydra) writes
+
+
+@functools.cache
+def run_id() -> str:
+    """A short random suffix for run directory names, so two runs started in the same second get
+    two directories (one value per process, so every access names the same directory)."""
+    return os.urandom(2).hex()
+
+
+def hydra_subdir(output_dir: str) -> str:
+    """Where Hydra records this command's config in its run directory: `.hydra`, or `.hydra/<time>`
+    when the directory already holds another command's record (a resume, a reused hydra.run.dir),
+    so no command overwrites another's. Cached per directory: Hydra reads it more than once."""
+    if (Path(output_dir) / ".hydra" / "config.yaml").exists():
+        return f".hydra/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{run_id()}"
+    return ".hydra"
 
 
 def holds_a_run(run_dir: Path) -> bool:
