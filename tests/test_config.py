@@ -389,3 +389,12 @@ def test_omegaconf_converts_what_it_can_and_a_dollar_brace_stays_text():
         SamplingOptions(top_k="${x}")
     with pytest.raises(UserError, match=r"^ckpt is required: pass ckpt=\.\.\. \(a \.ckpt file"):
         build(sample.SampleConfig, {})
+
+
+def test_numpy_and_tensor_scalars_are_their_numbers_and_an_error_shows_the_value_it_is_about(monkeypatch):
+    np = pytest.importorskip("numpy")
+    assert GPTConfig(n_layer=np.int64(2), dropout=np.float64(0.1)).n_layer == 2
+    assert OptimConfig(lr=torch.tensor(0.5)).lr == 0.5
+    monkeypatch.setattr("sys.argv", ["sample", "seed=3"])  # a key typed with another value is not shown
+    with pytest.raises(UserError, match=r"^seed=-5: must be null or an integer"):
+        SamplingOptions(seed=-5)

@@ -167,7 +167,10 @@ def build(cls: type, values: Any = None, **extra: Any) -> Any:
 
 
 def _literal(value: Any) -> Any:
-    """value with each `${` escaped, so OmegaConf keeps a string such as a prompt "${x}" as it is."""
+    """value with each `${` escaped, so OmegaConf keeps a string such as a prompt "${x}" as it is, and
+    a numpy (or 0-d tensor) scalar as the Python number it holds."""
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):
+        value = value.item()
     if isinstance(value, str) and "${" in value:
         return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
     if isinstance(value, (list, tuple)):
@@ -197,8 +200,16 @@ def error_line(e: BaseException) -> str:
 
 
 def as_typed(key: str, value: Any) -> str:
-    """value as this command line has it (1e-3, not 0.001; 0, not 0.0): of the key's values there, the
-    one equal to value, else the last; a sweep's a,b,c, or a key not there: value as a user writes it."""
+    """value as this command line has it when it is there (1e-3, not 0.001; 0, not 0.0), else as a user
+    writes it: a value from elsewhere (a YAML file, a request, a sweep's a,b,c) is never shown as typed."""
+
+    def same(typed: str) -> bool:
+        if typed in (str(value), show_value(value)):
+            return True
+        try:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and float(typed) == value
+        except ValueError:
+            return False
+
     given = [v for k, sep, v in (a.partition("=") for a in sys.argv[1:]) if sep and k.lstrip("+~") == key]
-    given = [v for v in given if "," not in v or v.lstrip().startswith(("[", "{", "'", '"'))]
-    return next((v for v in given if v in (str(value), show_value(value))), given[-1] if given else show_value(value))
+    return next((v for v in given if same(v)), show_value(value))
