@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import GPT2_PARTS, MODEL_OPTIONS, option_model, require, run_cli, run_main
+from helpers import DEFAULT_PARTS, GPT2_PARTS, MODEL_OPTIONS, option_model, require, run_cli, run_main
 
 from lit_gpt_char import export as export_cli
 from lit_gpt_char import sample
@@ -29,6 +29,17 @@ from lit_gpt_char.loading import load_any, load_checkpoint
 
 VOCAB = "\n !,:;?EReahl"  # 13 characters: option_model's vocabulary
 IDS = [str(o) or "gpt2" for o in MODEL_OPTIONS]
+# An ONNX export takes seconds, so its test combines the options: every value MODEL_OPTIONS tries
+# (which the transformers test takes one by one) is in one of these, with a different neighbour.
+ONNX_OPTIONS = [
+    {},
+    DEFAULT_PARTS,
+    {**DEFAULT_PARTS, "mlp": "swiglu", "bias": True, "n_head": 4, "rope_base": 500.0},
+    {"mlp": "swiglu", "mlp_hidden": 40, "dropout": 0.2, "attn_dropout": 0.1, "zero_init": True},
+    {"zero_init": True, "tie_embeddings": False},
+    {"norm": "rmsnorm", "qk_norm": True, "mlp_hidden": 24, "bias": True},
+    {"pos_emb": "rope", "mlp": "relu2"},
+]
 
 
 def exported(options: dict, fmt: str, tmp_path: Path, block_size: int = 16) -> tuple[torch.nn.Module, Path]:
@@ -69,7 +80,12 @@ def test_transformers_gives_our_logits_and_greedy_text(options, tmp_path):
     assert all(torch.equal(back.state_dict[k], v) for k, v in m.state_dict().items())
 
 
-@pytest.mark.parametrize("options", MODEL_OPTIONS, ids=IDS)
+def test_the_onnx_cases_hold_every_option_value_of_the_others():
+    values = lambda cases: {(k, repr(v)) for case in cases for k, v in case.items()}  # noqa: E731
+    assert values(MODEL_OPTIONS) <= values(ONNX_OPTIONS)
+
+
+@pytest.mark.parametrize("options", ONNX_OPTIONS, ids=[str(o) or "gpt2" for o in ONNX_OPTIONS])
 def test_onnxruntime_gives_our_logits_and_greedy_text(options, tmp_path):
     require("onnxruntime")
     m, out = exported(options, "onnx", tmp_path, block_size=8)

@@ -158,7 +158,9 @@ def straight_run(tmp_path_factory, corpus) -> Path:
         ("train", "SIGTERM", 19, 143),  # in the training step that a validation follows
     ],
 )
-def test_an_interrupted_and_resumed_run_logs_every_point_once(where, sig, step, code, straight_run, tmp_path, corpus):
+def test_an_interrupted_and_resumed_run_logs_every_point_once(
+    where, sig, step, code, straight_run, tmp_path, corpus, capsys
+):
     run = tmp_path / "run"
     signal_at = [
         "+callbacks.sig._target_=helpers.SignalAt",
@@ -173,8 +175,8 @@ def test_an_interrupted_and_resumed_run_logs_every_point_once(where, sig, step, 
     out = r.stdout + r.stderr
     assert "stopping after this step and its validation" in out and "Resume with the same command plus" in out
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] in (step, step + 1)
-    r = run_cli("train", *RESUME, f"data.path={corpus}", f"ckpt_path={run}/checkpoints/last.ckpt")
-    assert r.returncode == 0, r.stderr[-2000:]
+    resumed = run_main(train.main, *RESUME, f"data.path={corpus}", f"ckpt_path={run}/checkpoints/last.ckpt")
+    assert resumed == 0, capsys.readouterr().err[-2000:]
     want, got = scalars(straight_run), scalars(run)
     for tag in ("train/loss", "val/loss"):
         assert [s for s, _ in got[tag]] == [s for s, _ in want[tag]], tag  # each point once, none missing
@@ -183,7 +185,7 @@ def test_an_interrupted_and_resumed_run_logs_every_point_once(where, sig, step, 
 
 # --- 5. one live run per directory; default names never collide --------------------------------------------------
 @pytest.mark.slow
-def test_a_second_run_in_a_live_runs_directory_is_refused(tmp_path, corpus):
+def test_a_second_run_in_a_live_runs_directory_is_refused(tmp_path, corpus, capsys):
     run = tmp_path / "run"
     first = popen_train(
         *TINY,
@@ -199,25 +201,15 @@ def test_a_second_run_in_a_live_runs_directory_is_refused(tmp_path, corpus):
             assert first.poll() is None, first.stdout.read()
             time.sleep(0.1)
         before = (run / ".hydra" / "config.yaml").read_text()
-        again = run_cli(
-            "train",
-            *TINY,
-            f"data.path={corpus}",
-            "trainer.max_steps=50",
-            "trainer.val_check_interval=10",
-            f"hydra.run.dir={run}",
-        )
-        assert again.returncode == 2 and "already holds a run" in again.stderr, again.stderr[-2000:]
-        resume = run_cli(
-            "train",
-            *TINY,
-            f"data.path={corpus}",
-            "trainer.max_steps=100000",
-            "trainer.val_check_interval=10",
-            f"ckpt_path={run}/checkpoints/last.ckpt",
-        )
-        assert resume.returncode == 2, resume.stderr[-2000:]
-        assert f"a run is already training in this directory: process {first.pid}" in resume.stderr
+        # the refused commands run in this process: the live run is another one either way
+        args = [*TINY, f"data.path={corpus}", "trainer.val_check_interval=10"]
+        again = run_main(train.main, *args, "trainer.max_steps=50", f"hydra.run.dir={run}")
+        err = capsys.readouterr().err
+        assert again == 2 and "already holds a run" in err, err[-2000:]
+        resume = run_main(train.main, *args, "trainer.max_steps=100000", f"ckpt_path={run}/checkpoints/last.ckpt")
+        err = capsys.readouterr().err
+        assert resume == 2, err[-2000:]
+        assert f"a run is already training in this directory: process {first.pid}" in err
         assert (run / ".hydra" / "config.yaml").read_text() == before  # the live run's record is untouched
         assert [p.name for p in (run / ".hydra").iterdir() if p.is_dir()] == []  # and nothing of the refused ones
         assert first.poll() is None  # the live run goes on

@@ -20,7 +20,7 @@ def curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_exact(tmp_path, corpus):
+def test_resume_after_sigkill_is_exact(tmp_path, corpus, capsys):
     straight = tmp_path / "straight"
     r = run_cli("train", *RESUME, f"data.path={corpus}", f"hydra.run.dir={straight}")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -34,8 +34,8 @@ def test_resume_after_sigkill_is_exact(tmp_path, corpus):
     resumed_from = torch.load(last, weights_only=True)["global_step"]
     assert resumed_from < 40, "the run finished before it could be killed"
 
-    r = run_cli("train", *RESUME, f"data.path={corpus}", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resume'}")
-    assert r.returncode == 0, r.stderr[-2000:]
+    code = run_main(train.main, *RESUME, f"data.path={corpus}", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert code == 0, capsys.readouterr().err[-2000:]  # the resume ran in this process
 
     a, b = curve(straight, "train/loss"), curve(killed, "train/loss")
     assert [s for s, _ in b] == list(range(40)), "no duplicate or missing steps"
@@ -167,7 +167,7 @@ def test_bad_input_from_the_real_command_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_is_exact_with_every_optimizer_schedule_and_averaging(tmp_path, corpus):
+def test_resume_is_exact_with_every_optimizer_schedule_and_averaging(tmp_path, corpus, capsys):
     """Muon beside AdamW, the wsd schedule, the EMA of the weights and the new model parts, interrupted
     at step 15 (SIGTERM) and resumed: the same curves and weights as a run that was never stopped."""
     options = [
@@ -194,8 +194,8 @@ def test_resume_is_exact_with_every_optimizer_schedule_and_averaging(tmp_path, c
         env={"PYTHONPATH": str(TESTS)},
     )
     assert r.returncode == 143, r.stderr[-2000:]
-    r = run_cli("train", *args, f"ckpt_path={stopped}/checkpoints/last.ckpt")
-    assert r.returncode == 0, r.stderr[-2000:]
+    resumed = run_main(train.main, *args, f"ckpt_path={stopped}/checkpoints/last.ckpt")  # in this process
+    assert resumed == 0, capsys.readouterr().err[-2000:]
     a, b = scalars(straight), scalars(stopped)
     for tag in ("train/loss", "val/loss"):
         assert [s for s, _ in a[tag]] == [s for s, _ in b[tag]], tag

@@ -114,21 +114,17 @@ class Options:
         fields = {f.name: f for f in dataclasses.fields(self)}  # type: ignore[arg-type]
         given = {name: getattr(self, name) for name in fields}
 
-        def bad(name: str) -> UserError:
-            key, hint = self.key(name), typing.get_type_hints(type(self))[name]
-            return UserError(f"{key}={as_typed(key, given[name])}: must be {describe(hint, fields[name].metadata)}")
-
         try:
             node = OmegaConf.merge(OmegaConf.structured(type(self)), _literal(given))
             checked = OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
         except MissingMandatoryValue as e:
-            key, what = self.key(str(e.key)), fields[str(e.key)].metadata.get("help")
-            raise UserError(f"{key} is required: pass {key}=..." + (f" ({what})" if what else "")) from None
+            raise UserError(field_error(type(self), str(e.key))) from None
         except ValidationError as e:
-            raise bad(re.sub(r"\[\d+\]$", "", str(e.full_key)).split(".")[0]) from None
+            name = re.sub(r"\[\d+\]$", "", str(e.full_key)).split(".")[0]
+            raise UserError(field_error(type(self), name, given[name])) from None
         for name, value in checked.items():
             if not allowed(value, fields[name].metadata):
-                raise bad(name)
+                raise UserError(field_error(type(self), name, given[name]))
             setattr(self, name, value)
         self.check()
 
@@ -186,17 +182,26 @@ def error_line(e: BaseException) -> str:
     key = re.sub(r"\[\d+\]$", "", getattr(e, "full_key", None) or str(getattr(e, "key", None) or ""))
     if isinstance(e, (ConfigAttributeError, ConfigKeyError)):
         return f"{key}: no such option; `--cfg job` prints every option (a new key needs +{key}=...)"
-    cls = getattr(e, "object_type", None)
-    schema = isinstance(cls, type) and dataclasses.is_dataclass(cls)
-    field = {f.name: f for f in dataclasses.fields(cls)}.get(key.rsplit(".", 1)[-1]) if schema else None
+    cls, name = getattr(e, "object_type", None), key.rsplit(".", 1)[-1]
+    schema = cls if isinstance(cls, type) and dataclasses.is_dataclass(cls) else None
     if isinstance(e, MissingMandatoryValue):
-        what = field.metadata.get("help") if field else None
+        return field_error(schema, name, key=key)
+    if isinstance(e, ValidationError) and schema and name in {f.name for f in dataclasses.fields(schema)}:
+        return field_error(schema, name, getattr(e, "value", None), key=key)
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    return f"{key}: {first}" if key else first
+
+
+def field_error(cls: type | None, name: str, value: Any = dataclasses.MISSING, key: str | None = None) -> str:
+    """The one line for option `name` of schema cls (the key a user types: `key`, else cls.key(name)):
+    required and not given (no value), or a value it does not allow: ``model.n_layer=0: must be an
+    integer >= 1``."""
+    key = key or cls.key(name)
+    field = next((f for f in dataclasses.fields(cls) if f.name == name), None) if cls else None
+    if value is dataclasses.MISSING:
+        what = field and field.metadata.get("help")
         return f"{key} is required: pass {key}=..." + (f" ({what})" if what else "")
-    if not isinstance(e, ValidationError) or field is None:
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        return f"{key}: {first}" if key else first
-    shown = as_typed(key, getattr(e, "value", None))
-    return f"{key}={shown}: must be {describe(typing.get_type_hints(cls)[field.name], field.metadata)}"
+    return f"{key}={as_typed(key, value)}: must be {describe(typing.get_type_hints(cls)[name], field.metadata)}"
 
 
 def as_typed(key: str, value: Any) -> str:
