@@ -113,7 +113,7 @@ def test_with_several_processes_rank_zeros_clock_decides(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_budget_run_stops_on_its_clock_and_a_resume_continues_it(tmp_path, corpus):
+def test_a_budget_run_stops_on_its_clock_and_a_resume_continues_it(tmp_path, corpus, capsys):
     args = [*TINY, f"data.path={corpus}", "trainer.val_check_interval=20", "data.val_max_batches=2"]
     first = tmp_path / "first"
     r = run_cli("train", *args, "budget=4s", f"hydra.run.dir={first}")
@@ -132,13 +132,15 @@ def test_a_budget_run_stops_on_its_clock_and_a_resume_continues_it(tmp_path, cor
     )
 
     resumed = tmp_path / "resumed"
-    r = run_cli(
-        "train", *args, "budget=7s", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={resumed}"
+    capsys.readouterr()
+    code = run_main(  # in this process
+        train.main, *args, "budget=7s", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={resumed}"
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
     status = json.loads((first / "status.json").read_text())  # a resume writes on in the run's directory
     assert 7.0 <= status["trained_s"] < 9.0 and status["steps"] > steps
-    assert "of budget=7s" in r.stdout
+    assert "of budget=7s" in out.out
 
 
 def test_a_bad_budget_is_one_line(tmp_path, corpus, capsys):

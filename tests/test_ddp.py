@@ -16,10 +16,11 @@ import hydra
 import lightning as L
 import pytest
 import torch
-from helpers import TINY, compose_hydra, compose_train, run_cli
+from helpers import TINY, compose_hydra, compose_train, run_cli, run_main
 from omegaconf import OmegaConf
 from torch.multiprocessing.spawn import ProcessExitedException
 
+from lit_gpt_char import sample, train
 from lit_gpt_char.core.windows import Windows, loss_sum
 from lit_gpt_char.training import distributed
 from lit_gpt_char.training.data import TextDataModule, ValWindows
@@ -301,7 +302,7 @@ def test_every_rank_runs_as_many_validation_batches_and_the_loss_stays_exact(cor
 
 # --- trainer=ddp from the CLI ---------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_ddp_cli_run_one_run_dir_rank_zero_output_and_sampling(tmp_path, corpus):
+def test_ddp_cli_run_one_run_dir_rank_zero_output_and_sampling(tmp_path, corpus, capsys):
     log_dir = tmp_path / "outputs"
     r = run_cli(
         "train",
@@ -331,9 +332,10 @@ def test_ddp_cli_run_one_run_dir_rank_zero_output_and_sampling(tmp_path, corpus)
     # Its checkpoint loads in one process and samples.
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 40
-    s = run_cli("sample", f"ckpt={run_dir}", "max_new_tokens=30", "prompt=the")
-    assert s.returncode == 0, s.stderr[-3000:]
-    assert s.stdout.startswith("the") and len(s.stdout.strip()) >= 30
+    capsys.readouterr()
+    assert run_main(sample.main, f"ckpt={run_dir}", "max_new_tokens=30", "prompt=the") == 0
+    text = capsys.readouterr().out
+    assert text.startswith("the") and len(text.strip()) >= 30
 
 
 @pytest.mark.slow
@@ -354,22 +356,13 @@ def test_a_budget_run_with_two_processes_stops_every_rank_at_the_same_step(tmp_p
 
 
 @pytest.mark.slow
-def test_multirun_with_plain_ddp_fails_early_with_advice(tmp_path, corpus):
+def test_multirun_with_plain_ddp_fails_early_with_advice(tmp_path, corpus, capsys):
     sweep = tmp_path / "sweep"
-    r = run_cli(
-        "train",
-        "-m",
-        *TINY,
-        *DDP2,
-        f"data.path={corpus}",
-        "trainer.max_steps=5",
-        "model.n_layer=1,2",
-        f"hydra.sweep.dir={sweep}",
-        timeout=120,
-    )
-    assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
-    assert "Traceback" not in r.stderr
-    msg = re.search(r"error: (.*)", r.stderr).group(1)
+    args = [*TINY, *DDP2, f"data.path={corpus}", "trainer.max_steps=5", "model.n_layer=1,2", f"hydra.sweep.dir={sweep}"]
+    code = run_main(train.main, "-m", *args)  # in this process: it must end before any process starts
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    msg = re.search(r"error: (.*)", err).group(1)
     assert "multirun" in msg and "trainer=ddp_spawn" in msg and "launcher=slurm" in msg
     assert not list(sweep.rglob("*.ckpt")) and not (sweep / "1").exists()  # stopped before any training
 
