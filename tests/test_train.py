@@ -9,8 +9,9 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, TINY, run_cli, scalars
+from helpers import REPO, TINY, run_cli, run_main, scalars
 
+from lit_gpt_char import sample, train
 from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.results import plots
 
@@ -75,21 +76,13 @@ def test_train_end_to_end(tmp_path, corpus):
     )  # a tied head counted once (the default's is untied)
 
 
-def test_multirun_two_jobs_validate_their_last_step(tmp_path, corpus):
+def test_multirun_two_jobs_validate_their_last_step(tmp_path, corpus, capsys):
     """Two jobs of a sweep; neither max_steps is a multiple of val_check_interval, and one is below it:
     each validates at the interval where it fits and always at its last step (a short try just works)."""
     sweep = tmp_path / "sweep"
-    r = run_cli(
-        "train",
-        "-m",
-        *TINY,
-        f"data.path={corpus}",
-        "trainer.max_steps=3,13",
-        "trainer.val_check_interval=5",
-        "data.val_max_batches=2",
-        f"hydra.sweep.dir={sweep}",
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    args = [*TINY, f"data.path={corpus}", "trainer.val_check_interval=5", "data.val_max_batches=2"]
+    code = run_main(train.main, "-m", *args, "trainer.max_steps=3,13", f"hydra.sweep.dir={sweep}")  # in-process
+    assert code == 0, capsys.readouterr().err[-3000:]
     for job, steps, validated in (("0", 3, [3]), ("1", 13, [5, 10, 13])):
         assert (sweep / job / "tokenizer.json").is_file()
         assert torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps
@@ -139,7 +132,7 @@ def test_configs_found_from_an_installed_wheel(tmp_path):
     assert "n_layer: 6" in r.stdout and "_target_: lightning.pytorch.Trainer" in r.stdout
 
 
-def test_compiled_run_checkpoint_samples_uncompiled(tmp_path, corpus):
+def test_compiled_run_checkpoint_samples_uncompiled(tmp_path, corpus, capsys):
     """model.compile=true trains, and its checkpoint has no `_orig_mod.` and samples without compiling."""
     run_dir = tmp_path / "run"
     r = run_cli(
@@ -157,5 +150,6 @@ def test_compiled_run_checkpoint_samples_uncompiled(tmp_path, corpus):
     assert r.returncode == 0, r.stderr[-3000:]
     sd = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert sd and not any("_orig_mod" in k for k in sd)
-    s = run_cli("sample", f"ckpt={run_dir}", "max_new_tokens=20", "compile=false")
-    assert s.returncode == 0, s.stderr[-2000:]
+    capsys.readouterr()
+    assert run_main(sample.main, f"ckpt={run_dir}", "max_new_tokens=20", "compile=false") == 0
+    assert len(capsys.readouterr().out) >= 20
