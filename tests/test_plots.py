@@ -1,6 +1,7 @@
 """A run's plots from TensorBoard events: the smoothing, what each plot draws, and `plot` on runs with
 and without val points, or from before some tags were logged."""
 
+import logging
 import math
 
 import pytest
@@ -127,3 +128,21 @@ def test_plot_errors_name_the_problem(tmp_path, capsys, case):
         }[case]
         in err
     )
+
+
+def test_a_resumed_runs_curves_are_read_quietly(tmp_path, caplog):
+    """A resume's purge_step drops what the stopped run logged past its checkpoint; TensorBoard logs that
+    as a warning ("a TensorFlow restart"), which reading the curves keeps off the run's console."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = tmp_path / "tensorboard"
+    with SummaryWriter(str(tb)) as w:
+        for step in range(10):
+            w.add_scalar("train/loss", 1.0, step)
+    with SummaryWriter(str(tb), purge_step=5) as w:
+        for step in range(5, 12):
+            w.add_scalar("train/loss", 2.0, step)
+    with caplog.at_level(logging.INFO):
+        series = plots.read_scalars(tb)["train/loss"]
+    assert series.steps == list(range(12)) and series.values == [1.0] * 5 + [2.0] * 7
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("tensorboard")]

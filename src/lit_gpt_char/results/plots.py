@@ -15,6 +15,7 @@ A run from before a tag existed gets the plots its tags allow (`skipped` says wh
 
 from __future__ import annotations
 
+import logging
 import math
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -60,7 +61,15 @@ def read_scalars(tb_dir: str | Path) -> dict[str, Series]:
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
     acc = EventAccumulator(str(tb_dir), size_guidance={SCALARS: 0})  # 0: keep every point
-    acc.Reload()
+    # TensorBoard logs each event file it moves to, and warns when a resumed run's purge_step drops what
+    # the stopped run logged after its checkpoint (the point of purge_step): not for the run's console.
+    tb_log = logging.getLogger("tensorboard")
+    level = tb_log.level
+    tb_log.setLevel(logging.ERROR)
+    try:
+        acc.Reload()
+    finally:
+        tb_log.setLevel(level)
     out = {}
     for tag in acc.Tags()["scalars"]:
         events = sorted(acc.Scalars(tag), key=lambda e: e.step)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,8 @@ def train(cfg: DictConfig, plan: Plan) -> float | None:
         log.info(effective_batch(trainer, settings.data.batch_size, settings.model.block_size))
 
     ckpt_path = str(resume.path) if resume is not None else None
+    if resume is not None:  # a resume continues its checkpoint folder: Lightning's "not empty" warning is no news
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     ckpt = trainer.checkpoint_callback
     quiet_write_errors_in_threads()
     try:
