@@ -372,8 +372,8 @@ def test_plot_and_report_on_a_read_only_directory_say_so_and_write_where_told(tm
 def test_sampling_into_a_closed_pipe_ends_quietly(trained_run):
     # compile=false: eager writes ~500 characters/s here, so 200,000 would take minutes, and the test
     # does not wait 20-50 s for a compiled step it is not about.
-    sample = f"{sys.executable} -m lit_gpt_char.sample ckpt={trained_run} max_new_tokens=200000 compile=false"
-    cmd = f"{sample} | head -c 100"
+    sampling = f"{sys.executable} -m lit_gpt_char.sample ckpt={trained_run} max_new_tokens=200000 compile=false"
+    cmd = f"{sampling} | head -c 100"
     t0 = time.time()
     r = subprocess.run(
         ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, cwd=REPO, env=clean_env(), timeout=120
