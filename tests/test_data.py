@@ -114,7 +114,7 @@ def test_offline_error_says_where_to_put_the_file(tmp_path):
     with pytest.raises(UserError) as e:
         ensure_corpus(None, tmp_path / "d", "tinyshakespeare.txt", "http://127.0.0.1:9/input.txt", SHAKESPEARE_SHA256)
     assert str(tmp_path / "d" / "tinyshakespeare.txt") in str(e.value)
-    assert "data.path=" in str(e.value)
+    assert "or pass path=/path/to/text.txt" in str(e.value)  # core's name; the train command's below
     assert not list((tmp_path / "d").glob("*")), "no partial download is left behind"
 
 
@@ -129,7 +129,7 @@ def test_own_text_file(tmp_path, corpus):
     "content, message",
     [
         (b"", "is empty"),
-        (b"\xff\xfe abc" * 100, "not UTF-8"),
+        (b"\xff\xfe abc" * 100, r"not UTF-8 .* train on its bytes: data\.unit=byte$"),
         (b"abc" * 20, "fewer than one window"),
     ],
 )
@@ -153,5 +153,9 @@ def test_bad_sizes(data, block_size, message):
 
 
 def test_text_without_a_path_says_data_path_is_required(tmp_path):
-    with pytest.raises(UserError, match=r"data\.path is required"):
+    with pytest.raises(UserError, match=r"^path is required: pass path=FILE"):
         ensure_corpus(None, tmp_path, "tinyshakespeare.txt", None, None)
+    with pytest.raises(UserError, match=r"^data\.path is required: pass data\.path=FILE"):
+        ensure_corpus(None, tmp_path, "tinyshakespeare.txt", None, None, key=DataConfig.key)
+    with pytest.raises(UserError, match=r"^data\.path is required: pass data\.path=FILE"):
+        TextDataModule({"url": None}).prepare_data()

@@ -195,7 +195,7 @@ BAD = [
     (["ckpt={run}", "stride=2.5"], "stride=2.5: must be null or an integer"),
     (["ckpt={run}", "batch_size=0"], "batch_size=0: must be an integer in [1, 1048576]"),
     (["ckpt={run}", "precision=fp8"], "precision=fp8: must be one of 32, bf16, int8"),
-    (["ckpt={run}", "split=test"], "data.test_size=0: this data config holds out no test split"),
+    (["ckpt={run}", "split=test"], "was trained with data.test_size=0, which holds out no test split"),
     (["ckpt={run}", "split=dev"], "split=dev: must be null or one of train, val, test"),
     (["ckpt={run}", "split=val", "text={d}/one.txt"], "give one of them"),
     (["ckpt={run}", "on_unknown=ignore"], "on_unknown=ignore: must be one of error, skip"),

@@ -162,8 +162,12 @@ def edit_json(path: Path, change) -> None:
 BAD_EXPORTS = [
     ("not json", "{n_layer: 2", "config.json is not valid JSON"),
     ("a list", "[2, 2, 32]", "must be a JSON object of model options"),
-    ("extra key", lambda c: json.dumps({**c, "n_experts": 8}), "unknown option(s) model.n_experts"),
-    ("bad value", lambda c: json.dumps({**c, "n_layer": 0}), "model.n_layer=0: must be"),
+    (
+        "extra key",
+        lambda c: json.dumps({**c, "n_experts": 8}),
+        "its model config is invalid: unknown option(s) n_experts",
+    ),
+    ("bad value", lambda c: json.dumps({**c, "n_layer": 0}), "its model config is invalid: n_layer=0: must be"),
     ("wider", lambda c: json.dumps({**c, "n_embd": 96}), "tensor wte.weight has shape ["),
     ("deeper", lambda c: json.dumps({**c, "n_layer": 3}), "missing ['blocks.2."),
     ("learned positions", lambda c: json.dumps({**c, "pos_emb": "learned"}), "missing ['wpe.weight']"),
@@ -200,7 +204,11 @@ BAD_CHECKPOINTS = [
     ("learned positions", lambda c: c["model_config"].update(pos_emb="learned"), "missing ['wpe.weight']"),
     ("tied head", lambda c: c["model_config"].update(tie_embeddings=True), "lm_head.weight differs from wte.weight"),
     ("not a mapping", lambda c: c.update(model_config=[2, 32]), "must be a mapping of options"),
-    ("extra key", lambda c: c["model_config"].update(rope=True), "unknown option(s) model.rope"),
+    (
+        "extra key",
+        lambda c: c["model_config"].update(rope=True),
+        "its model config is invalid: unknown option(s) rope:",
+    ),
 ]
 
 

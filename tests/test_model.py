@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from helpers import GPT2_PARTS
@@ -5,6 +7,7 @@ from helpers import GPT2_PARTS
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.core.ops import dropout
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.training.module import ModelConfig
 
 # The newer parts without zero-initialised projections, which would hide a leak behind zero outputs.
 NEWER_PARTS = {**GPT2_PARTS, "pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "relu2"}
@@ -66,18 +69,24 @@ def test_too_long_input_is_refused():
 @pytest.mark.parametrize(
     "kw, message",
     [
-        ({"n_embd": 30, "n_head": 4}, "model.n_embd=30: must be divisible by model.n_head=4"),
-        ({"n_layer": 0}, r"model.n_layer=0: must be an integer in \[1, 1024\]"),
-        ({"block_size": -1}, "model.block_size=-1: must be an integer"),
-        ({"vocab_size": 2.5}, "model.vocab_size=2.5: must be an integer >= 1"),
-        ({"dropout": 1.0}, r"model.dropout=1.0: must be a number in \[0, 1\)"),
-        ({"dropout": -0.1}, r"model.dropout=-0.1: must be a number in \[0, 1\)"),
-        ({"bias": "maybe"}, "model.bias=maybe: must be true or false"),
+        ({"n_embd": 30, "n_head": 4}, "n_embd=30: must be divisible by n_head=4: use e.g. n_embd=28"),
+        ({"n_embd": 30, "n_head": 2}, "pos_emb=rope: needs an even head size, but n_embd=30 / n_head=2 = 15"),
+        ({"n_layer": 0}, r"n_layer=0: must be an integer in \[1, 1024\]"),
+        ({"block_size": -1}, "block_size=-1: must be an integer"),
+        ({"vocab_size": 2.5}, "vocab_size=2.5: must be an integer >= 1"),
+        ({"dropout": 1.0}, r"dropout=1.0: must be a number in \[0, 1\)"),
+        ({"dropout": -0.1}, r"dropout=-0.1: must be a number in \[0, 1\)"),
+        ({"bias": "maybe"}, "bias=maybe: must be true or false"),
     ],
 )
 def test_config_validation_names_the_field(kw, message):
-    with pytest.raises(UserError, match=message):
+    """core's GPTConfig names its fields as they are; the train command's ModelConfig, the same checks,
+    names the keys a user types there (model.*)."""
+    with pytest.raises(UserError, match="^" + message):
         GPTConfig(**kw)
+    if "vocab_size" not in kw:  # ModelConfig takes that one from the corpus (test_config checks it)
+        with pytest.raises(UserError, match="^" + re.sub(r"(?<![\w.])(?=[a-z_]+=)", "model.", message)):
+            ModelConfig(**kw)
 
 
 def test_cpu_bf16_training_attention_matches_sdpa():

@@ -134,7 +134,8 @@ def bad(tmp_path_factory):
 BAD = [
     (["data.path={d}/missing.txt"], "data.path={d}/missing.txt: does not exist"),
     (["data.path={d}/empty.txt"], "is empty"),
-    (["data.path={d}/latin1.txt"], "is not UTF-8"),
+    (["data.path={d}/latin1.txt"], "is not UTF-8 text (bad byte at offset 1)"),
+    (["data.path={d}/latin1.txt"], "or train on its bytes: data.unit=byte"),
     (["data.path={d}/short.txt"], "fewer than one window"),
     (["data.path=null", "paths.data_dir={d}"], "checksum mismatch"),
     (["data.path={d}/other_vocab.txt", "ckpt_path={run}/checkpoints/last.ckpt"], "vocabulary of"),

@@ -124,6 +124,12 @@ def corpus_split(split: str, loaded: Loaded) -> tuple[Any, dict[str, Any]]:
             f"ckpt={loaded.source} was trained on {data['path']}, which is not there (nor {name} in "
             f"${DATA_DIR_ENV} or ./data): put it back, or pass text=FILE to score another text file"
         )
+    if split == "test" and not data.get("test_size"):
+        raise UserError(
+            f"split=test: ckpt={loaded.source} was trained with data.test_size={data.get('test_size', 0)}, which "
+            "holds out no test split: train with data.test_size=N (tokens at the end of the corpus, taken from "
+            "training) or a benchmark config (data=enwik8, data=text8), or score split=val"
+        )
     s = split_ids(data, split)
     if meta.get("sha256") and s.meta["sha256"] != meta["sha256"]:
         raise UserError(

@@ -111,6 +111,13 @@ def checkpoint_info(ckpt: dict) -> dict[str, Any]:
     return info
 
 
+def module_weights(state_dict: Any) -> Any:
+    """The GPT's weights in a LightningModule's state dict: its `model.` attribute's, named as GPT names them."""
+    if not isinstance(state_dict, dict):
+        return state_dict  # load_state says what is wrong with it
+    return {k.removeprefix("model."): v for k, v in state_dict.items()}
+
+
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu", log_dir: str | Path | None = None
 ) -> Loaded:
@@ -119,7 +126,7 @@ def load_checkpoint(
     ckpt = safe_load(path, map_location)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model_config" not in ckpt or "tokenizer" not in ckpt:
         raise UserError(f"{path} is not a lit-gpt-char checkpoint (it lacks state_dict, model_config or tokenizer)")
-    loaded = load_state(ckpt, path, checkpoint_info(ckpt))
+    loaded = load_state({**ckpt, "state_dict": module_weights(ckpt["state_dict"])}, path, checkpoint_info(ckpt))
     loaded.corpus = corpus_meta_of(ckpt)
     return loaded
 

@@ -121,7 +121,7 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> obj
     """torch.load(weights_only=True), with every way a file can be bad turned into a UserError."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist: pass ckpt=<file.ckpt or run directory>")
+        raise UserError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise UserError(f"checkpoint {path} is not a file")
     try:
@@ -159,14 +159,8 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def bare_keys(state_dict: dict) -> dict[str, torch.Tensor]:
-    """Keys of the bare GPT: drop a wrapping module's `model.` (the LightningModule's attribute) and
-    torch.compile's `_orig_mod.`."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith("model."):
-            key = key[len("model.") :]
-        out[key.replace("_orig_mod.", "")] = value
-    return out
+    """Keys of the bare GPT: without torch.compile's `_orig_mod.`."""
+    return {key.replace("_orig_mod.", ""): value for key, value in state_dict.items()}
 
 
 def model_config(values: object, source: str | Path) -> GPTConfig:

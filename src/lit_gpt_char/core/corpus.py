@@ -18,7 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -36,17 +36,16 @@ SPLITS = ("train", "val", "test")
 
 
 @dataclass
-class DataConfig(Options):
-    """data.*: which text, and how it is cut into batches. The defaults are Tiny Shakespeare's,
-    downloaded on first use and checked by sha256; data.path=FILE trains on any UTF-8 text."""
+class CorpusConfig(Options):
+    """Which text, and how it is cut into batches. The defaults are Tiny Shakespeare's, downloaded on
+    first use and checked by sha256; `path` trains on any UTF-8 text. Errors name the fields as they
+    are (path=...); the train command's DataConfig names its keys (data.path=...)."""
 
-    KEY = "data"
     path: str | None = option(None, "your own UTF-8 text file; null: the corpus named by url/filename below")
-    filename: str = option("tinyshakespeare.txt", "the corpus's file name in paths.data_dir")
+    filename: str = option("tinyshakespeare.txt", "the corpus's file name in the data directory")
     url: str | None = option(
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        "where the corpus is downloaded from when it is not in paths.data_dir; null: never "
-        "(data.path is then required)",
+        "where the corpus is downloaded from when it is not in the data directory; null: never (path is then required)",
     )
     sha256: str | None = option(
         "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
@@ -124,20 +123,25 @@ def extract_member(archive: Path, member: str, out: IO[bytes], source: str) -> N
 
 
 def ensure_corpus(
-    path: str | Path | None, data_dir: str | Path, filename: str, url: str | None, sha256: str | None
+    path: str | Path | None,
+    data_dir: str | Path,
+    filename: str,
+    url: str | None,
+    sha256: str | None,
+    key: Callable[[str], str] = str,
 ) -> Path:
     """The corpus file to train on: `path` as given, or data_dir/filename, downloaded from url if missing.
 
     The checksum guards the downloaded corpus only; a file passed as `path` is the user's own
-    text and is taken as it is.
+    text and is taken as it is. key(option) is how errors name an option (CorpusConfig.key).
     """
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise UserError(f"data.path={path}: does not exist or is not a file: pass the path of a UTF-8 text file")
+            raise UserError(f"{key('path')}={path}: does not exist or is not a file: pass a UTF-8 text file's path")
         return p
     if url is None:
-        raise UserError("data.path is required: pass data.path=FILE (a UTF-8 text file)")
+        raise UserError(f"{key('path')} is required: pass {key('path')}=FILE (a UTF-8 text file)")
     p = Path(data_dir).expanduser() / filename
     if not p.is_file():
         print(f"Downloading {url} -> {p}", file=sys.stderr, flush=True)
@@ -148,29 +152,30 @@ def ensure_corpus(
             unzip = f", unzipped from {Path(urllib.parse.urlparse(url).path).name}," if is_zip_url(url) else ""
             raise UserError(
                 f"could not download the corpus from {url} ({e}). Put the file{unzip} at {p}{check}, or pass "
-                "data.path=/path/to/text.txt to train on another UTF-8 text file."
+                f"{key('path')}=/path/to/text.txt to train on another UTF-8 text file."
             ) from None
     if sha256:
         got = sha256_of(p)
         if got != sha256:
             raise UserError(
                 f"checksum mismatch for {p}: sha256 {got}, expected {sha256}. The file is damaged "
-                "or not the expected corpus: delete it to download it again, or pass data.path=... "
+                f"or not the expected corpus: delete it to download it again, or pass {key('path')}=... "
                 "to train on it as your own text."
             )
     return p
 
 
-def split_sizes(n: int, cfg: DataConfig) -> tuple[int, int, int]:
+def split_sizes(n: int, cfg: CorpusConfig) -> tuple[int, int, int]:
     """(train, val, test) tokens of a corpus of n tokens, in that order along the text: the test
     split is the last test_size tokens, val the val_size before it (or 1 - train_fraction of
     the rest), train what precedes (or exactly train_size)."""
     rest = n - cfg.test_size
     if cfg.train_size is not None and cfg.val_size is not None and cfg.train_size + cfg.val_size != rest:
         raise UserError(
-            f"data.train_size={cfg.train_size} + data.val_size={cfg.val_size} + data.test_size={cfg.test_size} = "
-            f"{cfg.train_size + cfg.val_size + cfg.test_size:,} tokens, but the corpus holds {n:,}: is it the "
-            "right file? (data.train_size=null trains on all tokens before the val split)"
+            f"{cfg.key('train_size')}={cfg.train_size} + {cfg.key('val_size')}={cfg.val_size} + "
+            f"{cfg.key('test_size')}={cfg.test_size} = {cfg.train_size + cfg.val_size + cfg.test_size:,} tokens, "
+            f"but the corpus holds {n:,}: is it the right file? ({cfg.key('train_size')}=null trains on all "
+            "tokens before the val split)"
         )
     if cfg.val_size is not None:
         n_val = cfg.val_size
@@ -182,7 +187,7 @@ def split_sizes(n: int, cfg: DataConfig) -> tuple[int, int, int]:
         n_val = rest - n_train
     if min(n_train, n_val, rest) < 0:
         asked = ", ".join(
-            f"data.{k}={'null' if getattr(cfg, k) is None else getattr(cfg, k)}"
+            f"{cfg.key(k)}={'null' if getattr(cfg, k) is None else getattr(cfg, k)}"
             for k in ("train_size", "val_size", "test_size")
         )
         raise UserError(f"the corpus holds {n:,} tokens, fewer than {asked} ask for: use smaller splits or more text")
@@ -192,11 +197,11 @@ def split_sizes(n: int, cfg: DataConfig) -> tuple[int, int, int]:
 class Corpus:
     """One corpus as token ids: checked (and downloaded) once, tokenized once, split on demand.
 
-    data_dir defaults to $LIT_GPT_CHAR_DATA_DIR or ./data (where data.filename is looked for).
+    data_dir defaults to $LIT_GPT_CHAR_DATA_DIR or ./data (where the config's filename is looked for).
     """
 
-    def __init__(self, data: DataConfig | Mapping[str, Any] | None = None, data_dir: str | None = None):
-        self.cfg = data if isinstance(data, DataConfig) else build(DataConfig, data)
+    def __init__(self, data: CorpusConfig | Mapping[str, Any] | None = None, data_dir: str | None = None):
+        self.cfg = data if isinstance(data, CorpusConfig) else build(CorpusConfig, data)
         self.data_dir = data_dir or default_data_dir()
         self._path: Path | None = None
         self._tokens: TokenFile | None = None
@@ -205,7 +210,7 @@ class Corpus:
         """The corpus file, checked (and downloaded) once per process."""
         if self._path is None:
             c = self.cfg
-            self._path = ensure_corpus(c.path, self.data_dir, c.filename, c.url, c.sha256)
+            self._path = ensure_corpus(c.path, self.data_dir, c.filename, c.url, c.sha256, c.key)
         return self._path
 
     def tokens(self) -> TokenFile:
@@ -213,7 +218,7 @@ class Corpus:
         if self._tokens is None:
             path = self.path()
             try:
-                self._tokens = load_tokens(path, self.cfg.unit, self.cfg.cache_dir)
+                self._tokens = load_tokens(path, self.cfg.unit, self.cfg.cache_dir, key=self.cfg.key)
             except OSError as e:
                 raise UserError(f"cannot read the corpus {path}: {e.strerror or e}") from None
         return self._tokens
@@ -265,7 +270,7 @@ class Split:
     meta: dict[str, Any]  # Corpus.meta()
 
 
-def split_ids(data: DataConfig | Mapping[str, Any] | None, split: str, data_dir: str | None = None) -> Split:
+def split_ids(data: CorpusConfig | Mapping[str, Any] | None, split: str, data_dir: str | None = None) -> Split:
     """The token ids of split `split` (train, val or test) of the corpus `data` describes:
     downloaded, checked and tokenized as training does, so evaluate scores exactly the split
     training held out."""
@@ -277,9 +282,8 @@ def split_ids(data: DataConfig | Mapping[str, Any] | None, split: str, data_dir:
         c = corpus.cfg
         if split == "test":
             raise UserError(
-                f"data.test_size={c.test_size}: this data config holds out no test split: set data.test_size=N "
-                "(tokens at the end of the corpus, taken from training) or use a benchmark config (data=enwik8, "
-                "data=text8)"
+                f"{c.key('test_size')}={c.test_size}: this corpus config holds out no test split: set "
+                f"{c.key('test_size')} to N tokens (the end of the corpus, taken from training)"
             )
         raise UserError(f"split={split}: the corpus's {split} split holds {len(ids)} tokens: nothing to score")
     return Split(split, ids, corpus.tokenizer, corpus.meta())

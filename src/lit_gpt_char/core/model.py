@@ -30,9 +30,9 @@ from lit_gpt_char.options import Options, option
 @dataclass
 class GPTConfig(Options):
     """The network's shape and parts, saved in every checkpoint. The defaults are the CPU recipe's
-    (see the README); conf/ selects and overrides them, and training takes vocab_size from the corpus."""
+    (see the README); training takes vocab_size from the corpus. Errors name the fields as they are
+    (n_layer=0); the train command's ModelConfig names its keys (model.n_layer=0)."""
 
-    KEY = "model"
     vocab_size: int = option(65, "characters in the vocabulary (training takes it from the corpus)", ge=1)
     block_size: int = option(128, "context length in characters", ge=1, le=1 << 20)
     n_layer: int = option(4, "transformer blocks", ge=1, le=1024)
@@ -66,17 +66,18 @@ class GPTConfig(Options):
     )
 
     def check(self) -> None:
+        n_embd, n_head, pos_emb = (self.key(name) for name in ("n_embd", "n_head", "pos_emb"))
         if self.n_embd % self.n_head:
             lower = self.n_embd - self.n_embd % self.n_head
             raise UserError(
-                f"model.n_embd={self.n_embd}: must be divisible by model.n_head={self.n_head}: "
-                f"use e.g. model.n_embd={lower or self.n_head} or a n_head that divides {self.n_embd}"
+                f"{n_embd}={self.n_embd}: must be divisible by {n_head}={self.n_head}: "
+                f"use e.g. {n_embd}={lower or self.n_head} or a n_head that divides {self.n_embd}"
             )
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
             raise UserError(
-                f"model.pos_emb=rope: needs an even head size, but model.n_embd={self.n_embd} / "
-                f"model.n_head={self.n_head} = {self.n_embd // self.n_head}: choose sizes with an even "
-                "quotient, or model.pos_emb=learned"
+                f"{pos_emb}=rope: needs an even head size, but {n_embd}={self.n_embd} / "
+                f"{n_head}={self.n_head} = {self.n_embd // self.n_head}: choose sizes with an even "
+                f"quotient, or {pos_emb}=learned"
             )
         if self.attn_dropout is None:
             self.attn_dropout = self.dropout

@@ -28,7 +28,7 @@ import struct
 import time
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -205,14 +205,14 @@ def _chunks(f: BinaryIO, unit: str) -> Iterator[tuple[bytes, int]]:
         carry, offset = buf[cut:], offset + cut
 
 
-def _code_points(chunk: bytes, offset: int, corpus: Path) -> np.ndarray:
+def _code_points(chunk: bytes, offset: int, corpus: Path, key: Callable[[str], str] = str) -> np.ndarray:
     try:
         text = chunk.decode("utf-8")
     except UnicodeDecodeError as e:
         at = offset + e.start
         raise UserError(
             f"the corpus {corpus} is not UTF-8 text (bad byte at offset {at}): convert it, e.g. iconv -f "
-            f"latin1 -t utf-8 {corpus.name} > {corpus.stem}.utf8.txt, or train on its bytes: data.unit=byte"
+            f"latin1 -t utf-8 {corpus.name} > {corpus.stem}.utf8.txt, or train on its bytes: {key('unit')}=byte"
         ) from None
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
@@ -220,7 +220,7 @@ def _code_points(chunk: bytes, offset: int, corpus: Path) -> np.ndarray:
 ASCII, HIGH = bytes(range(128)), bytes(range(128, 256))
 
 
-def scan_vocabulary(corpus: Path, unit: str = "char") -> list[str]:
+def scan_vocabulary(corpus: Path, unit: str = "char", key: Callable[[str], str] = str) -> list[str]:
     """The corpus's sorted characters (or byte values, as characters), read chunk by chunk.
 
     Each chunk is first stripped of the single bytes already seen (one bytes.translate pass);
@@ -243,7 +243,7 @@ def scan_vocabulary(corpus: Path, unit: str = "char") -> list[str]:
             try:
                 cps = np.frombuffer(rest.translate(None, ASCII).decode("utf-8").encode("utf-32-le"), dtype=np.uint32)
             except UnicodeDecodeError:
-                _code_points(chunk, offset, corpus)  # raises, naming the offset in the file
+                _code_points(chunk, offset, corpus, key)  # raises, naming the offset in the file
                 raise
             seen[np.flatnonzero(np.bincount(cps))] = True
     return [chr(c) for c in np.flatnonzero(seen)]
@@ -256,11 +256,11 @@ def _dtype_for(vocab_size: int) -> str:
 class _Encoder:
     """Chunks of the corpus -> ids, by table look-ups (bytes.translate where a byte maps to a byte)."""
 
-    def __init__(self, tokenizer: CharTokenizer, dtype: str, corpus: Path, given: bool):
+    def __init__(self, tokenizer: CharTokenizer, dtype: str, corpus: Path, given: bool, key: Callable[[str], str]):
         # given: the vocabulary came from the caller, so the text may hold characters outside it
         # (a vocabulary read off the corpus holds them all, unless the corpus changes meanwhile,
         # which the build's sha256 check catches).
-        self.given = given
+        self.given, self.key = given, key
         self.corpus, self.unit, self.tokenizer = corpus, tokenizer.unit, tokenizer
         size = 256 if tokenizer.unit == "byte" else MAX_CODE_POINT
         self.lut = np.zeros(size, dtype=DTYPES[dtype][0])  # code point (or byte) -> id
@@ -278,7 +278,7 @@ class _Encoder:
             if self.table is not None:
                 return memoryview(chunk.translate(self.table))
             return memoryview(np.take(self.lut[:256], np.frombuffer(chunk, dtype=np.uint8))).cast("B")
-        cps = _code_points(chunk, offset, self.corpus)
+        cps = _code_points(chunk, offset, self.corpus, self.key)
         if self.given and not np.take(self.known, cps).all():
             self._unknown(chunk)
         return memoryview(np.take(self.lut, cps)).cast("B")
@@ -296,16 +296,25 @@ def _header(meta: dict, offset: int | None = None) -> bytes:
     return MAGIC + struct.pack("<Q", offset) + body + b" " * (offset - 16 - len(body))
 
 
-def build_token_file(corpus: Path, path: Path, unit: str, sha256: str, vocab: Sequence[str] | None = None) -> None:
-    """Tokenize the corpus into `path` (temporary file, fsync, rename): path is never half written."""
+def build_token_file(
+    corpus: Path,
+    path: Path,
+    unit: str,
+    sha256: str,
+    vocab: Sequence[str] | None = None,
+    key: Callable[[str], str] = str,
+) -> None:
+    """Tokenize the corpus into `path` (temporary file, fsync, rename): path is never half written.
+    key(option) is how errors name an option (CorpusConfig.key: data.unit on the train command)."""
     given = vocab is not None
     if vocab is None:
-        vocab = scan_vocabulary(corpus, unit)
+        vocab = scan_vocabulary(corpus, unit, key)
+    empty = f"the corpus {corpus} is empty: pass {key('path')}= a file with text in it"
     if not vocab:
-        raise UserError(f"the corpus {corpus} is empty: pass data.path= a file with text in it")
+        raise UserError(empty)
     tokenizer = CharTokenizer(list(vocab), unit)
     dtype = _dtype_for(len(vocab))
-    encode = _Encoder(tokenizer, dtype, corpus, given)
+    encode = _Encoder(tokenizer, dtype, corpus, given, key)
     meta = {
         "version": VERSION,
         "corpus": corpus.name,
@@ -332,7 +341,7 @@ def build_token_file(corpus: Path, path: Path, unit: str, sha256: str, vocab: Se
         if h.hexdigest() != sha256:
             raise UserError(f"the corpus {corpus} changed while it was being tokenized: run again")
         if count == 0:
-            raise UserError(f"the corpus {corpus} is empty: pass data.path= a file with text in it")
+            raise UserError(empty)
         meta.update(count=count, crc32=crc, corpus_bytes=nbytes)
         out.seek(0)
         out.write(_header(meta, offset))
@@ -344,12 +353,13 @@ def load_tokens(
     cache_dir: str | Path | None = None,
     vocab: Sequence[str] | None = None,
     sha256: str | None = None,
+    key: Callable[[str], str] = str,
 ) -> TokenFile:
     """The corpus's token file, built first if there is none or it is stale or corrupt.
 
     vocab: encode with this vocabulary (sorted characters, or byte values as characters)
     instead of the corpus's own; a character outside it is an error. sha256: the corpus's, if
-    the caller already knows it.
+    the caller already knows it. key(option): how errors name an option (CorpusConfig.key).
     """
     corpus = Path(corpus)
     t0 = time.perf_counter()
@@ -372,10 +382,10 @@ def load_tokens(
             log.info(f"Waiting for another process that is tokenizing {corpus} into {path}")
             lock.acquire()
     except OSError as e:
-        where = "data.cache_dir" if cache_dir is not None else "the corpus's directory"
+        where = key("cache_dir") if cache_dir is not None else "the corpus's directory"
         raise UserError(
             f"cannot write the token cache {path} ({e.strerror or e}): {where} must be writable; "
-            "pass data.cache_dir=DIR to keep it elsewhere"
+            f"pass {key('cache_dir')}=DIR to keep it elsewhere"
         ) from None
     try:
         tokens, why = open_token_file(path, sha, unit, vocab)  # built by another process meanwhile?
@@ -385,10 +395,10 @@ def load_tokens(
             stale.unlink(missing_ok=True)
         log.info(f"Tokenizing {corpus} into {path} ({why})")
         try:
-            build_token_file(corpus, path, unit, sha, vocab)
+            build_token_file(corpus, path, unit, sha, vocab, key)
         except PermissionError as e:
             raise UserError(
-                f"cannot write the token cache {path} ({e.strerror}): pass data.cache_dir=DIR to keep it elsewhere"
+                f"cannot write the token cache {path} ({e.strerror}): pass {key('cache_dir')}=DIR to keep it elsewhere"
             ) from None
     finally:
         lock.release()

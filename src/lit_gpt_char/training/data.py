@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -28,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lit_gpt_char.core.corpus import (  # noqa: F401  (re-exported: the data layer's names)
     DATA_DIR_ENV,
     Corpus,
-    DataConfig,
+    CorpusConfig,
     Split,
     default_data_dir,
     ensure_corpus,
@@ -41,9 +42,19 @@ from lit_gpt_char.core.tokenizer import CharTokenizer
 from lit_gpt_char.core.windows import Windows, consecutive_windows, random_windows
 from lit_gpt_char.errors import UserError
 from lit_gpt_char.loading import DATA_STATE_KEY, corpus_meta_of  # noqa: F401  (re-exported)
-from lit_gpt_char.options import SEED
+from lit_gpt_char.options import SEED, build
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class DataConfig(CorpusConfig):
+    """data.*: which text, and how it is cut into batches (CorpusConfig: its defaults, types and
+    ranges). The defaults are Tiny Shakespeare's; data.path=FILE trains on any UTF-8 text."""
+
+    KEY = "data"
+
+
 VAL_SAMPLE_SEED = 0  # the sample of val windows is the same in every run (comparable curves)
 TRAIN_SAMPLE_SEED = 2**32  # added to the run's seed: the train-split sample's own stream, apart from any rank's
 
@@ -160,7 +171,7 @@ class TextDataModule(L.LightningDataModule):
         tokenizer_path: str | None = None,
     ):
         super().__init__()
-        self.corpus = Corpus(data, data_dir)
+        self.corpus = Corpus(data if isinstance(data, CorpusConfig) else build(DataConfig, data), data_dir)
         self.cfg = self.corpus.cfg
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise UserError(f"model.block_size={block_size}: must be an integer >= 1")

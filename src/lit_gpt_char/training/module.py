@@ -47,6 +47,7 @@ class ModelConfig(GPTConfig):
     """model.*: the GPT's shape and parts (GPTConfig: its defaults, types and ranges) and compile; the
     corpus gives vocab_size."""
 
+    KEY = "model"
     vocab_size: int | None = option(None, "taken from the corpus's tokenizer: leave it null", ge=1)
     compile: bool = option(False, "torch.compile the model for training (worth it on GPUs; no gain on CPUs)")
 
