@@ -1,9 +1,10 @@
-"""The layers the tree shows, enforced: core imports no Lightning or Hydra, sampling imports no
-Lightning, results import no torch, and no layer imports one below it."""
+"""The layers the tree shows, enforced: core imports no Lightning or Hydra and names no command-line
+key, sampling imports no Lightning, results import no torch, and no layer imports one below it."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,37 @@ def test_no_layer_imports_a_layer_below_it(layer):
     for path in paths:
         for module in imports_of(path):
             assert module.startswith(ALLOWED[layer]) or module == "lit_gpt_char", f"{path.name} imports {module}"
+
+
+# What only the layers above core know: the train command's groups and the sampling commands' ckpt= key,
+# and the LightningModule's and data module's names.
+ABOVE_CORE = re.compile(
+    r"\b(data|model|optim|trainer|paths|callbacks|logger)\.[a-z_]+\s*(=|is required)|\bckpt=|ckpt_path"
+    r"|TextDataModule|\bLitGPT\b|LightningModule|lightning"
+)
+
+
+def messages_of(path: Path) -> list[str]:
+    """The text of every string a module's code holds (f-strings' literal parts too), docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+@pytest.mark.parametrize("path", sorted((SRC / "core").glob("*.py")), ids=lambda p: p.name)
+def test_core_names_no_command_line_key_and_no_lightning(path):
+    """core's messages and help name options as its schemas do (n_layer=0, path=...); the train command's
+    subclasses add their group through Options.key."""
+    found = [s for s in messages_of(path) if ABOVE_CORE.search(s)]
+    assert not found, f"{path.name}: {found}"
