@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import REAL_CORPUS, TINY, make_text, run_cli
+from helpers import REAL_CORPUS, TINY, make_text, run_main
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +25,13 @@ def real_corpus() -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, corpus) -> Path:
     """A run directory of a tiny model trained until it uses its context (so sliding windows score
-    it lower than consecutive ones), shared by the sampling and evaluation tests."""
+    it lower than consecutive ones), shared by the sampling and evaluation tests. Trained in this
+    process, through the command's own main (test_train runs the command itself)."""
+    from lit_gpt_char import train
+
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    r = run_cli(
-        "train",
+    code = run_main(
+        train.main,
         *TINY,
         "model.n_embd=64",
         "model.n_head=4",
@@ -37,5 +40,5 @@ def trained_run(tmp_path_factory, corpus) -> Path:
         "trainer.val_check_interval=100",
         f"hydra.run.dir={run_dir}",
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert code == 0
     return run_dir

@@ -1,13 +1,15 @@
-"""Sweeps end to end: a grid and an Optuna search in subprocesses, then the report and plots."""
+"""Sweeps end to end: a grid and an Optuna search (in this process, through train.main, as `-m` runs them),
+then the report and plots from the real command line."""
 
 import csv
 import math
 from pathlib import Path
 
 import pytest
-from helpers import TESTS, TINY, compose_hydra, run_cli
+from helpers import TINY, compose_hydra, run_cli, run_main
 from omegaconf import OmegaConf
 
+from lit_gpt_char import train
 from lit_gpt_char.results import plots
 from lit_gpt_char.results.status import read_status
 
@@ -18,16 +20,8 @@ SHORT = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5", "data.va
 @pytest.fixture(scope="module")
 def grid_sweep(tmp_path_factory, corpus) -> Path:
     sweep = tmp_path_factory.mktemp("grid") / "sweep"
-    r = run_cli(
-        "train",
-        "-m",
-        *SHORT,
-        f"data.path={corpus}",
-        "model.n_layer=1,2",
-        "optim.lr=1e-3,3e-3",
-        f"hydra.sweep.dir={sweep}",
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    grid = ["model.n_layer=1,2", "optim.lr=1e-3,3e-3"]
+    assert run_main(train.main, "-m", *SHORT, f"data.path={corpus}", *grid, f"hydra.sweep.dir={sweep}") == 0
     return sweep
 
 
@@ -71,7 +65,7 @@ def test_plot_redraws_a_finished_run(grid_sweep):
 
 
 @pytest.mark.slow
-def test_optuna_sweep_survives_a_failing_trial(tmp_path, corpus):
+def test_optuna_sweep_survives_a_failing_trial(tmp_path, corpus, capsys):
     """n_head=3 does not divide n_embd=32: that trial raises. With the sampler seeded 10 the
     trials draw n_head 2, 3, 2, so the failure is in the middle and the search must go on."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
@@ -79,8 +73,8 @@ def test_optuna_sweep_survives_a_failing_trial(tmp_path, corpus):
     fixed = [
         a for a in SHORT if not a.startswith(("model.n_head=", "trainer.max_steps="))
     ]  # a fixed value beats a search
-    r = run_cli(
-        "train",
+    code = run_main(
+        train.main,
         "-m",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=3",
@@ -91,7 +85,7 @@ def test_optuna_sweep_survives_a_failing_trial(tmp_path, corpus):
         "model.n_head=choice(2,3)",
         f"hydra.sweep.dir={sweep}",
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert code == 0, capsys.readouterr().err[-3000:]
     statuses = {j: read_status(sweep / j)["status"] for j in "012"}
     assert statuses == {"0": "completed", "1": "failed", "2": "completed"}, statuses
     assert "must be divisible" in read_status(sweep / "1")["error"]
@@ -127,20 +121,13 @@ def test_sweep_configs_compose(option, target):
 
 
 @pytest.mark.slow
-def test_a_diverging_job_is_marked_and_scored_worst(tmp_path, corpus):
+def test_a_diverging_job_is_marked_and_scored_worst(tmp_path, corpus, capsys):
     """The weights go NaN after step 3 (helpers.PoisonWeights): the loss goes NaN at step 4."""
     sweep = tmp_path / "sweep"
     poison = ["+callbacks.poison._target_=helpers.PoisonWeights", "+callbacks.poison.step=3"]
-    r = run_cli(
-        "train",
-        "-m",
-        *SHORT,
-        f"data.path={corpus}",
-        *poison,
-        f"hydra.sweep.dir={sweep}",
-        env={"PYTHONPATH": str(TESTS)},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    code = run_main(train.main, "-m", *SHORT, f"data.path={corpus}", *poison, f"hydra.sweep.dir={sweep}")
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
     info = read_status(sweep / "0")
     assert info["status"] == "diverged" and "training loss is nan" in info["error"]
-    assert "scoring it inf" in r.stdout + r.stderr
+    assert "scoring it inf" in out + err
