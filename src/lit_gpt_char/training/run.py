@@ -49,6 +49,9 @@ from lit_gpt_char.training.optim import OptimConfig
 from lit_gpt_char.training.rundir import RunLock
 
 log = logging.getLogger(__name__)
+# Lightning's own pytree helper still builds torch's LeafSpec, which torch 2.13 marks deprecated:
+# a line on every run's console about library internals that no user can act on.
+warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.")
 
 
 @dataclass
