@@ -154,6 +154,25 @@ def test_export_cli(trained_run, tmp_path):
     assert again.returncode == 2 and again.stderr.startswith("error: out_dir=") and again.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "args", [["ckpt={run}", "{out}"], ["{run}", "out_dir={out}"], ["ckpt={run}", "out={out}", "format=hf"]]
+)
+def test_keys_before_the_paths_are_one_line_showing_the_command(args, trained_run, tmp_path, capsys, monkeypatch):
+    """`export ckpt=X out_dir=Y`, as sample and evaluate take their keys: one line with the command to type."""
+    out = tmp_path / "m"
+    assert run_main(export_cli.main, *[a.format(run=trained_run, out=out) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {args[0].format(run=trained_run, out=out) if '=' in args[0] else args[1].format(out=out)}: export "
+        f"takes the checkpoint and the output directory as they are, without a key: python -m lit_gpt_char.export "
+        f"{trained_run} {out} [format=...]\n"
+    )
+    assert not out.exists()
+    shutil.copytree(trained_run, tmp_path / "ckpt=mine")  # a directory that is named so is a path, not a key
+    monkeypatch.chdir(tmp_path)
+    assert run_main(export_cli.main, "ckpt=mine", str(out)) == 0, capsys.readouterr().err
+
+
 # --- files that do not match themselves ----------------------------------------------------------------------
 def edit_json(path: Path, change) -> None:
     path.write_text(change(json.loads(path.read_text())) if callable(change) else change)

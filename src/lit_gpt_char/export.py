@@ -41,6 +41,9 @@ def export(
         ) from None
 
 
+KEYS = ("ckpt", "out_dir", "out")  # what a user who knows `sample ckpt=...` may put before a path
+
+
 @user_errors
 def main(argv: list[str] | None = None) -> None:
     quiet_broken_pipes()
@@ -58,6 +61,13 @@ def main(argv: list[str] | None = None) -> None:
         "--log-dir", default=None, help="where `latest` looks for runs (default: $LIT_GPT_CHAR_LOG_DIR, else outputs)"
     )
     args = ap.parse_args(argv)
+    keyed = [a for a in (args.ckpt, args.out_dir) if a.partition("=")[0] in KEYS and not Path(a).exists()]
+    if keyed:  # `ckpt=latest out_dir=DIR`, as sample and evaluate take them
+        bare = [a.partition("=")[2] if a in keyed else a for a in (args.ckpt, args.out_dir)]
+        raise UserError(
+            f"{keyed[0]}: export takes the checkpoint and the output directory as they are, without a key: "
+            f"python -m lit_gpt_char.export {' '.join(bare)} [format=...]"
+        )
     fmt = args.format or "native"
     if args.format_ is not None:
         key, eq, value = args.format_.partition("=")
