@@ -45,6 +45,8 @@ from lit_gpt_char.loading import DATA_STATE_KEY, corpus_meta_of  # noqa: F401  (
 from lit_gpt_char.options import SEED, build
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+VAL_SAMPLE_SEED = 0  # the sample of val windows is the same in every run (comparable curves)
+TRAIN_SAMPLE_SEED = 2**32  # added to the run's seed: the train-split sample's own stream, apart from any rank's
 
 
 @dataclass
@@ -53,10 +55,6 @@ class DataConfig(CorpusConfig):
     ranges). The defaults are Tiny Shakespeare's; data.path=FILE trains on any UTF-8 text."""
 
     KEY = "data"
-
-
-VAL_SAMPLE_SEED = 0  # the sample of val windows is the same in every run (comparable curves)
-TRAIN_SAMPLE_SEED = 2**32  # added to the run's seed: the train-split sample's own stream, apart from any rank's
 
 
 def sample_val_starts(n_targets: int, block_size: int, n_tokens: int, seed: int = VAL_SAMPLE_SEED) -> list[int]:
