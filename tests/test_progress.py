@@ -70,6 +70,35 @@ def test_no_progress_lines_on_a_terminal(corpus, tmp_path, capsys, monkeypatch):
     assert "step 4/10" in capsys.readouterr().out
 
 
+def test_a_resumed_runs_bar_counts_the_epochs_batches_out_of_as_many(corpus, tmp_path):
+    """10 steps, then a resume to 20: the bar ends at 20/20, not at Lightning's 20/9."""
+
+    def fit(max_steps: int, ckpt_path: str | None = None) -> ProgressBar:
+        L.seed_everything(0)
+        dm = TextDataModule({"path": str(corpus), "batch_size": 4}, block_size=16, seed=0)
+        model = LitGPT(dm.tokenizer.chars, {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16})
+        bar = ProgressBar()
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=max_steps,
+            max_epochs=-1,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            callbacks=[bar],
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        if ckpt_path is None:
+            trainer.save_checkpoint(tmp_path / "ten.ckpt")
+        return bar
+
+    for bar, steps in ((fit(10), 10), (fit(20, str(tmp_path / "ten.ckpt")), 20)):
+        task = next(t for t in bar.progress.tasks if t.id == bar.train_progress_bar_id)
+        assert (task.completed, task.total) == (steps, steps)
+
+
 @pytest.mark.parametrize("max_epochs, description", [(-1, "Epoch 4"), (None, "Epoch 4"), (10, "Epoch 4/9")])
 def test_progress_bar_epoch_counter(max_epochs, description):
     bar = ProgressBar()

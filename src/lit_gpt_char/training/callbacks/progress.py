@@ -183,6 +183,19 @@ class ProgressBar(RichProgressBar):
             text = text.replace(f"Epoch {current_epoch}/{max_epochs - 1}", f"Epoch {current_epoch}", 1)
         return text
 
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Lightning sizes the bar to the steps left when it makes it, while it counts the epoch's batches
+        from the epoch's start: a run resumed at step 10 of 20 ended at '20/10' (or '20/9'). Sized here to
+        the epoch's batches so far plus those left."""
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bounded = trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0
+        if bounded and self.is_enabled and self.progress is not None and self.train_progress_bar_id is not None:
+            left = (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches
+            total = min(trainer.num_training_batches, batch_idx + 1 + left)
+            self.progress.update(self.train_progress_bar_id, total=total)
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)  # the logger's version: always "" here (one directory per run)
