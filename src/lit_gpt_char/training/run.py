@@ -52,10 +52,10 @@ log = logging.getLogger(__name__)
 # Lines Lightning prints on every run that say nothing about the run: torch 2.13's deprecation of
 # a Lightning internal (LeafSpec); the model summary's "bf16-mixed is not supported ... using 32 bits"
 # (right: the master weights are float32); that our RichModelSummary replaces its default summary; and
-# an advertisement for a cloud logger.
+# its "💡 Tip" advertisements (a cloud logger, a model registry).
 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.")
 warnings.filterwarnings("ignore", r"Precision .* is not supported by the model summary", UserWarning, r"lightning\.")
-LIGHTNING_NOTICES = ("💡 Tip: For seamless cloud logging", "Trainer already configured with model summary callbacks")
+LIGHTNING_NOTICES = ("💡 Tip: ", "Trainer already configured with model summary callbacks")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not str(record.msg).startswith(LIGHTNING_NOTICES)
 )
