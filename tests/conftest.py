@@ -1,11 +1,12 @@
-"""Fixtures: a small corpus made on the spot, the real corpus when present, a tiny trained run."""
+"""Fixtures: a small corpus made on the spot, the real corpus when present, a tiny trained run, and an
+uninterrupted run of the resume tests' recipe."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from helpers import REAL_CORPUS, TINY, make_text, run_main
+from helpers import REAL_CORPUS, RESUME, TINY, make_text, run_main
 
 
 @pytest.fixture(scope="session")
@@ -41,4 +42,15 @@ def trained_run(tmp_path_factory, corpus) -> Path:
         f"hydra.run.dir={run_dir}",
     )
     assert code == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory, corpus) -> Path:
+    """helpers.RESUME run from start to end, uninterrupted: what an interrupted and resumed run of the
+    same command must log, point for point. Trained in this process."""
+    from lit_gpt_char import train
+
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    assert run_main(train.main, *RESUME, f"data.path={corpus}", f"hydra.run.dir={run_dir}") == 0
     return run_dir

@@ -63,6 +63,10 @@ TINY = [
 ]
 
 
+# A run short enough to interrupt and resume, with dropout (so the RNG's state must be restored too).
+RESUME = [*TINY, "model.dropout=0.1", "trainer.max_steps=40", "trainer.val_check_interval=10", "data.val_max_batches=4"]
+
+
 def make_text(n_chars: int = 20_000, seed: int = 0) -> str:
     """Learnable text: sentences built from a small grammar, so a tiny model's loss falls fast."""
     rng = random.Random(seed)

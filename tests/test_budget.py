@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from helpers import TINY, run_cli, run_main
+from helpers import TINY, run_main
 
 from lit_gpt_char import train
 from lit_gpt_char.errors import UserError
@@ -116,9 +116,10 @@ def test_with_several_processes_rank_zeros_clock_decides(monkeypatch):
 def test_a_budget_run_stops_on_its_clock_and_a_resume_continues_it(tmp_path, corpus, capsys):
     args = [*TINY, f"data.path={corpus}", "trainer.val_check_interval=20", "data.val_max_batches=2"]
     first = tmp_path / "first"
-    r = run_cli("train", *args, "budget=4s", f"hydra.run.dir={first}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert re.search(r"Training time:   \d+s of budget=4s \(\d+ steps; validation not counted\)", r.stdout), r.stdout
+    code = run_main(train.main, *args, "budget=4s", f"hydra.run.dir={first}")  # in this process
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    assert re.search(r"Training time:   \d+s of budget=4s \(\d+ steps; validation not counted\)", out.out), out.out
     status = json.loads((first / "status.json").read_text())
     assert status["budget_s"] == 4.0 and 4.0 <= status["trained_s"] < 6.0
     last = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
@@ -132,7 +133,6 @@ def test_a_budget_run_stops_on_its_clock_and_a_resume_continues_it(tmp_path, cor
     )
 
     resumed = tmp_path / "resumed"
-    capsys.readouterr()
     code = run_main(  # in this process
         train.main, *args, "budget=7s", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={resumed}"
     )

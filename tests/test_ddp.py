@@ -302,57 +302,44 @@ def test_every_rank_runs_as_many_validation_batches_and_the_loss_stays_exact(cor
 
 # --- trainer=ddp from the CLI ---------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_ddp_cli_run_one_run_dir_rank_zero_output_and_sampling(tmp_path, corpus, capsys):
+def test_ddp_cli_run_one_run_dir_rank_zero_output_budget_and_sampling(tmp_path, corpus, capsys):
+    """A 2-process run as users start it, trained for a time budget: rank 0's clock decides for all, so
+    both ranks leave the loop after the same step (a rank that stopped alone would leave the other
+    waiting in its next all-reduce: a hang)."""
     log_dir = tmp_path / "outputs"
     r = run_cli(
-        "train",
-        *TINY,
-        *DDP2,
-        "data.batch_size=8",
-        f"data.path={corpus}",
-        "trainer.max_steps=40",
-        "trainer.val_check_interval=20",
-        env={"LIT_GPT_CHAR_LOG_DIR": str(log_dir)},
-    )
+        "train", *TINY, *DDP2, "data.batch_size=8", f"data.path={corpus}", "budget=3s",
+        "trainer.val_check_interval=20", "data.val_max_batches=2",
+        env={"LIT_GPT_CHAR_LOG_DIR": str(log_dir)}, timeout=180,
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     assert "Starting with 2 processes" in out and "distributed_backend=gloo" in out
-    # Printed once, by rank 0: the effective batch, each sample, the summary.
-    assert out.count("Effective batch: 16 windows (512 tokens) per optimizer step = 8 per process x 2 device(s)") == 1
-    assert out.count("sample at step 40") == 1 and out.count("Best val loss:") == 1
 
     # One run directory (rank 1 was re-launched into it), one .hydra, one TensorBoard writer.
     (run_dir,) = (log_dir / "train" / "runs").iterdir()
     assert [p.relative_to(log_dir) for p in log_dir.rglob(".hydra")] == [run_dir.relative_to(log_dir) / ".hydra"]
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert (run_dir / "plots" / "val_loss.png").is_file() and (run_dir / "tokenizer.json").is_file()
-    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.devices == 2
 
-    # Its checkpoint loads in one process and samples.
+    # The clock stopped both ranks after one step, which was validated and checkpointed.
+    status = json.loads((run_dir / "status.json").read_text())
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-    assert ckpt["global_step"] == 40
+    steps = ckpt["global_step"]
+    assert status["status"] == "completed" and steps == status["steps"] > 1
+    assert 3.0 <= status["trained_s"] < 6.0
+
+    # Printed once, by rank 0: the effective batch, the last step's sample, the summary.
+    assert out.count("Effective batch: 16 windows (512 tokens) per optimizer step = 8 per process x 2 device(s)") == 1
+    assert out.count(f"sample at step {steps}") == 1 and out.count("Best val loss:") == 1
+    assert r.stdout.count("of budget=3s") == 1, r.stdout
+
+    # Its checkpoint loads in one process and samples.
     capsys.readouterr()
     assert run_main(sample.main, f"ckpt={run_dir}", "max_new_tokens=30", "prompt=the") == 0
     text = capsys.readouterr().out
     assert text.startswith("the") and len(text.strip()) >= 30
-
-
-@pytest.mark.slow
-def test_a_budget_run_with_two_processes_stops_every_rank_at_the_same_step(tmp_path, corpus):
-    """budget= under DDP: rank 0's clock decides for all, so both ranks leave the loop after the same
-    step (a rank that stopped alone would leave the other waiting in its next all-reduce: a hang)."""
-    run_dir = tmp_path / "run"
-    r = run_cli(
-        "train", *TINY, *DDP2, f"data.path={corpus}", "budget=3s", "trainer.val_check_interval=1000",
-        "data.val_max_batches=2", f"hydra.run.dir={run_dir}", timeout=180,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("of budget=3s") == 1, r.stdout
-    status = json.loads((run_dir / "status.json").read_text())
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-    assert status["status"] == "completed" and ckpt["global_step"] == status["steps"] > 1
-    assert 3.0 <= status["trained_s"] < 6.0
 
 
 @pytest.mark.slow
@@ -382,11 +369,12 @@ def test_the_ema_callback_survives_pickling_for_ddp_spawn():
 
 
 @pytest.mark.slow
-def test_multirun_with_ddp_spawn(tmp_path, corpus):
-    """What the error above advises: a local sweep of 2-process jobs."""
+def test_multirun_with_ddp_spawn(tmp_path, corpus, capsys):
+    """What the error above advises: a local sweep of 2-process jobs (run in this process, as the
+    command runs its jobs: one after another, each spawning its two ranks)."""
     sweep = tmp_path / "sweep"
-    r = run_cli(
-        "train",
+    code = run_main(
+        train.main,
         "-m",
         *TINY,
         "trainer=ddp_spawn",
@@ -398,9 +386,8 @@ def test_multirun_with_ddp_spawn(tmp_path, corpus):
         "data.val_max_batches=2",
         "model.n_layer=1,2",
         f"hydra.sweep.dir={sweep}",
-        timeout=240,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert code == 0, capsys.readouterr().err[-3000:]
     for job in ("0", "1"):
         status = json.loads((sweep / job / "status.json").read_text())
         assert status["status"] == "completed"
@@ -418,73 +405,38 @@ def test_slurm_launcher_asks_for_one_task_per_gpu_on_every_node():
     assert (launcher["nodes"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (2, 4, 4)
 
 
-class RecordDropoutStream(L.Callback):
-    """Each rank writes the first numbers its global generator (the one dropout uses) would give."""
+class RecordBatches(L.Callback):
+    """Each rank saves the inputs of every training batch it sees in this fit, and the first numbers its
+    global generator (the one dropout uses) would give at the fit's first batch."""
 
     def __init__(self, out: Path):
-        self.out = out
+        self.out, self.seen, self.dropout = out, [], None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == 0:
+        self.seen.append(batch[0].clone())
+        if self.dropout is None:
             state = torch.get_rng_state()
-            torch.save(torch.rand(8), self.out / f"rank{trainer.global_rank}.pt")
+            self.dropout = torch.rand(8)
             torch.set_rng_state(state)
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save({"batches": self.seen, "dropout": self.dropout}, self.out / f"rank{trainer.global_rank}.pt")
 
 
 @pytest.mark.slow
-def test_each_rank_draws_its_own_reproducible_dropout(corpus, tmp_path, spawn):
-    def draws(run: str) -> list[torch.Tensor]:
-        out = fresh_dir(tmp_path / run)
+def test_ddp_ranks_draw_their_own_reproducible_dropout_and_windows_also_after_a_resume(corpus, tmp_path, spawn):
+    """Each rank draws its own dropout masks, the same ones again from the same seed. The checkpoint
+    holds rank 0's loader state only; after resuming, every rank must draw the windows it would have
+    drawn without the interruption (not rank 0's: that would halve the batch)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(name: str, steps: int, ckpt_path: Path | None = None) -> list[dict]:
+        out = fresh_dir(tmp_path / name)
         L.seed_everything(0)
         dm = TextDataModule({"path": str(corpus), "batch_size": 4}, block_size=BLOCK, seed=0)
         model = LitGPT(
             dm.tokenizer.chars, {"block_size": BLOCK, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.2}
         )
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=2,
-            strategy="ddp_spawn",
-            max_steps=2,
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[RecordDropoutStream(out)],
-            default_root_dir=out,
-        )
-        trainer.fit(model, datamodule=dm)
-        return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
-
-    first, again = spawn(lambda: draws("a")), spawn(lambda: draws("b"))
-    assert not torch.equal(first[0], first[1])  # different masks on different ranks
-    assert all(torch.equal(a, b) for a, b in zip(first, again))  # and the same ones from the same seed
-
-
-class RecordBatches(L.Callback):
-    """Each rank saves the inputs of every training batch it sees in this fit."""
-
-    def __init__(self, out: Path):
-        self.out, self.seen = out, []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.seen.append(batch[0].clone())
-
-    def on_train_end(self, trainer, pl_module):
-        torch.save(self.seen, self.out / f"rank{trainer.global_rank}.pt")
-
-
-@pytest.mark.slow
-def test_ddp_resume_goes_on_with_each_ranks_own_windows(corpus, tmp_path, spawn):
-    """The checkpoint holds rank 0's loader state only; after resuming, every rank must draw the
-    windows it would have drawn without the interruption (not rank 0's: that would halve the batch)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    def fit(name: str, steps: int, ckpt_path: Path | None = None) -> list[list[torch.Tensor]]:
-        out = fresh_dir(tmp_path / name)
-        L.seed_everything(0)
-        dm = TextDataModule({"path": str(corpus), "batch_size": 4}, block_size=BLOCK, seed=0)
-        model = LitGPT(dm.tokenizer.chars, {"block_size": BLOCK, "n_layer": 1, "n_head": 2, "n_embd": 16})
         trainer = L.Trainer(
             accelerator="cpu",
             devices=2,
@@ -501,9 +453,13 @@ def test_ddp_resume_goes_on_with_each_ranks_own_windows(corpus, tmp_path, spawn)
         return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
 
     straight = spawn(lambda: fit("straight", 6))
-    spawn(lambda: fit("first", 3))
+    first = spawn(lambda: fit("first", 3))
     resumed = spawn(lambda: fit("resumed", 6, ckpt_path=tmp_path / "first" / "last.ckpt"))
+
+    assert not torch.equal(straight[0]["dropout"], straight[1]["dropout"])  # different masks on different ranks
+    assert all(torch.equal(a["dropout"], b["dropout"]) for a, b in zip(straight, first))  # the same from one seed
     for rank in (0, 1):
-        assert len(resumed[rank]) == 3
-        assert all(torch.equal(a, b) for a, b in zip(straight[rank][3:], resumed[rank])), rank
-    assert not torch.equal(resumed[0][0], resumed[1][0])
+        assert all(torch.equal(a, b) for a, b in zip(straight[rank]["batches"], first[rank]["batches"]))
+        assert len(resumed[rank]["batches"]) == 3
+        assert all(torch.equal(a, b) for a, b in zip(straight[rank]["batches"][3:], resumed[rank]["batches"])), rank
+    assert not torch.equal(resumed[0]["batches"][0], resumed[1]["batches"][0])

@@ -19,6 +19,7 @@ import torch
 from helpers import (
     GPT2_PARTS,
     REPO,
+    RESUME,
     TESTS,
     TINY,
     clean_env,
@@ -116,7 +117,7 @@ def test_a_resume_that_cannot_work_touches_nothing(change, message, trained_run,
 def test_a_resumed_run_keeps_one_directory_and_one_status(tmp_path, corpus):
     run = tmp_path / "run"
     args = [*TINY, f"data.path={corpus}", "trainer.val_check_interval=10", "data.val_max_batches=2"]
-    assert run_cli("train", *args, "trainer.max_steps=20", f"hydra.run.dir={run}").returncode == 0
+    assert run_main(train.main, *args, "trainer.max_steps=20", f"hydra.run.dir={run}") == 0  # in this process
     original = (run / ".hydra" / "config.yaml").read_text()
     logs = tmp_path / "outputs"
     r = run_cli(
@@ -141,17 +142,6 @@ def test_a_resumed_run_keeps_one_directory_and_one_status(tmp_path, corpus):
 
 
 # --- 4. interrupts lose no curve point ---------------------------------------------------------------------------
-RESUME = [*TINY, "model.dropout=0.1", "trainer.max_steps=40", "trainer.val_check_interval=10", "data.val_max_batches=4"]
-
-
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, corpus) -> Path:
-    run = tmp_path_factory.mktemp("straight") / "run"
-    r = run_cli("train", *RESUME, f"data.path={corpus}", f"hydra.run.dir={run}")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return run
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "where, sig, step, code",

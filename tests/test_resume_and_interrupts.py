@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TESTS, TINY, popen_train, run_cli, run_main, scalars, wait_for_checkpoint
+from helpers import RESUME, TESTS, TINY, popen_train, run_cli, run_main, scalars, wait_for_checkpoint
 
 from lit_gpt_char import train
-
-RESUME = [*TINY, "model.dropout=0.1", "trainer.max_steps=40", "trainer.val_check_interval=10", "data.val_max_batches=4"]
 
 
 def curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
@@ -20,11 +18,8 @@ def curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_exact(tmp_path, corpus, capsys):
-    straight = tmp_path / "straight"
-    r = run_cli("train", *RESUME, f"data.path={corpus}", f"hydra.run.dir={straight}")
-    assert r.returncode == 0, r.stderr[-2000:]
-
+def test_resume_after_sigkill_is_exact(straight_run, tmp_path, corpus, capsys):
+    straight = straight_run
     killed = tmp_path / "killed"
     proc = popen_train(*RESUME, f"data.path={corpus}", f"hydra.run.dir={killed}")
     last = killed / "checkpoints" / "last.ckpt"
@@ -185,7 +180,7 @@ def test_resume_is_exact_with_every_optimizer_schedule_and_averaging(tmp_path, c
     ]
     args = [*RESUME, *options, f"data.path={corpus}"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert run_cli("train", *args, f"hydra.run.dir={straight}").returncode == 0
+    assert run_main(train.main, *args, f"hydra.run.dir={straight}") == 0, capsys.readouterr().err[-2000:]
     r = run_cli(
         "train",
         *args,
