@@ -133,8 +133,10 @@ def test_sample_evaluate_and_serve_leave_the_compiler_and_lightning_unimported(t
     r = run("-c", serving)
     assert r.returncode == 0, r.stderr[-2000:]
     assert heavy(imported(r.stderr)) == []
-    r = run("-m", "lit_gpt_char.sample", f"ckpt={trained_run}", "max_new_tokens=5", "compile=true")
-    assert r.returncode == 0 and "torch._dynamo" in imported(r.stderr), r.stderr[-2000:]  # the test can fail
+    # The check can fail: a module that imports the compiler shows it (as a compile=true sample would,
+    # after a cold compile of ~15 s).
+    r = run("-c", "import lit_gpt_char.core.text_generator, torch._dynamo")
+    assert r.returncode == 0 and "torch._dynamo" in heavy(imported(r.stderr)), r.stderr[-2000:]
     assert REPO.is_dir()
 
 
