@@ -140,6 +140,16 @@ def test_top_k_and_top_p_never_leave_their_set():
     assert len(topk) > 5  # rows differ, so the union is larger than one row's set
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 1e-39, 1e-45, 5.88e-123, 5e-324])
+def test_a_temperature_too_small_for_float32_is_the_greedy_limit(temperature):
+    """A temperature that rounds to 0 in float32 made 0/0 (a NaN, and multinomial raised); it samples
+    the largest logits, as any small temperature does, every tied one in turn."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[0.5, 3.0, -2.0, 2.9999], [1.0, 4.0, 4.0, -1.0]])
+    picks = [sample_logits(logits, temperature, top_k=3, top_p=0.9, generator=g).tolist() for _ in range(60)]
+    assert {p[0] for p in picks} == {int(logits[0].float().argmax())}
+    assert {p[1] for p in picks} == {1, 2}  # a tie of two: both, as in the limit
+
 def test_python_api_and_export_round_trip(trained_run, tmp_path):
     gen = load_generator(trained_run, device="cpu")
     text = gen.generate("the king", max_new_tokens=40, seed=3)

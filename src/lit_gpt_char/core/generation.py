@@ -181,9 +181,13 @@ def sample_logits(
     if temperature == 0:
         return logits.argmax(dim=-1)
     # Shifted so the largest is 0 first: any temperature > 0, however small, then divides without
-    # overflow (the others go to -inf: the greedy limit), and softmax never sees inf - inf.
-    logits = logits.float()
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    # overflow (the others go to -inf: the greedy limit), and softmax never sees inf - inf. One below
+    # float32's range would round to 0 (0/0): its limit is taken as it is, the largest logits alone.
+    shifted = logits.float() - logits.float().amax(dim=-1, keepdim=True)
+    if temperature < torch.finfo(torch.float32).tiny:
+        logits = shifted.masked_fill(shifted < 0, float("-inf"))
+    else:
+        logits = shifted / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

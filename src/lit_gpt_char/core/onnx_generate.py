@@ -74,7 +74,7 @@ class OnnxGenerator:
             if temperature <= 0:
                 nxt = int(z.argmax())
             else:
-                z = z / temperature
+                z = (z - z.max()) / temperature  # the largest first at 0: no inf - inf however small it is
                 if top_k:
                     z[z < np.sort(z)[-min(top_k, len(z))]] = -np.inf
                 p = np.exp(z - z.max())
