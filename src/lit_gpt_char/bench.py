@@ -31,7 +31,8 @@ from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from lit_gpt_char.config import print_config_tree, register, run
+from lit_gpt_char.config import register, run
+from lit_gpt_char.console import print_config_tree
 from lit_gpt_char.core.generation import generate
 from lit_gpt_char.core.model import GPT
 from lit_gpt_char.core.tokenizer import CharTokenizer

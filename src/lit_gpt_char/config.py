@@ -1,5 +1,5 @@
-"""Hydra glue shared by the entry points: schemas into the ConfigStore, the console entry that turns
-Hydra's and OmegaConf's errors into one `error:` line, and printing a composed config.
+"""Hydra glue shared by the entry points: schemas into the ConfigStore, and the console entry that
+turns Hydra's and OmegaConf's errors into one `error:` line.
 
 The schemas themselves live beside what they configure (core.model.GPTConfig, training.optim,
 training.data, ...); conf/*.yaml names them in its defaults lists (`/schema/<name>@_here_`), so a
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from lit_gpt_char.console import quiet_broken_pipes
@@ -101,22 +101,3 @@ def _hydra_errors() -> tuple[type[BaseException], ...]:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     return ConfigCompositionException, MissingConfigException, OverrideParseException
-
-
-PRINT_ORDER = ("model", "optim", "data", "trainer", "callbacks", "logger", "paths", "experiment", "seed", "ckpt_path")
-
-
-def print_config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, resolve: bool = True) -> None:
-    """Print the resolved config as a rich tree, main groups first, so a run's log shows what ran."""
-    import rich
-    import rich.syntax
-    import rich.tree
-
-    tree = rich.tree.Tree("CONFIG", guide_style="dim")
-    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
-    for key in keys:
-        node = cfg[key]
-        branch = tree.add(str(key), style="bold")
-        body = OmegaConf.to_yaml(node, resolve=resolve) if isinstance(node, DictConfig) else str(node)
-        branch.add(rich.syntax.Syntax(body, "yaml", theme="ansi_dark", background_color="default"))
-    rich.print(tree)

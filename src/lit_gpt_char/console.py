@@ -1,5 +1,6 @@
 """A command's terminal I/O: output paths refused before any work, output piped into a reader that
-stops early (`| head`), and argparse's mistakes, each as one `error:` line like every other."""
+stops early (`| head`), argparse's mistakes, each as one `error:` line like every other, and the
+composed config printed as a tree."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lit_gpt_char.errors import UserError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 class PipeSafe:
@@ -90,3 +95,23 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+PRINT_ORDER = ("model", "optim", "data", "trainer", "callbacks", "logger", "paths", "experiment", "seed", "ckpt_path")
+
+
+def print_config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, resolve: bool = True) -> None:
+    """Print the resolved config as a rich tree, main groups first, so a run's log shows what ran."""
+    import rich
+    import rich.syntax
+    import rich.tree
+    from omegaconf import DictConfig, OmegaConf
+
+    tree = rich.tree.Tree("CONFIG", guide_style="dim")
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    for key in keys:
+        node = cfg[key]
+        branch = tree.add(str(key), style="bold")
+        body = OmegaConf.to_yaml(node, resolve=resolve) if isinstance(node, DictConfig) else str(node)
+        branch.add(rich.syntax.Syntax(body, "yaml", theme="ansi_dark", background_color="default"))
+    rich.print(tree)

@@ -52,11 +52,9 @@ def find_user_error(e: BaseException) -> UserError | None:
 
 def in_multirun() -> bool:
     """True inside a job of a Hydra multirun (-m)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        return False
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lit_gpt_char.config import print_config_tree
+from lit_gpt_char.console import print_config_tree
 from lit_gpt_char.core.checkpoint import model_config, safe_load
 from lit_gpt_char.core.model import GPT, GPTConfig
 from lit_gpt_char.core.tokenizer import CharTokenizer
@@ -40,13 +40,14 @@ from lit_gpt_char.training.budget import BudgetClock, describe, parse_budget
 from lit_gpt_char.training.callbacks.checkpoint_io import WRITE_ERRORS, quiet_write_errors_in_threads, write_failed
 from lit_gpt_char.training.callbacks.curves import PlotCurves
 from lit_gpt_char.training.callbacks.stops import SaveOnInterrupt
-from lit_gpt_char.training.config import PathsConfig, TrainConfig, TrainerConfig
+from lit_gpt_char.training.config import TrainConfig
 from lit_gpt_char.training.data import DataConfig, TextDataModule
 from lit_gpt_char.training.distributed import best_model_score, check_launch, choose_main_port, effective_batch
 from lit_gpt_char.training.loggers import LogHyperparams
 from lit_gpt_char.training.module import LitGPT, ModelConfig, gpt_config
 from lit_gpt_char.training.optim import OptimConfig
-from lit_gpt_char.training.rundir import RunLock
+from lit_gpt_char.training.rundir import PathsConfig, RunLock
+from lit_gpt_char.training.trainer import TrainerConfig
 
 log = logging.getLogger(__name__)
 # Lines Lightning prints on every run that say nothing about the run: torch 2.13's deprecation of

@@ -2,7 +2,7 @@
 
 Hydra makes the run directory (and writes `.hydra/` and `train.log` into it) before any code of
 ours runs, named by conf/hydra/default.yaml with the `${run_id:}` and `${hydra_subdir:}` resolvers
-below. From there:
+below, under paths.log_dir (`PathsConfig`). From there:
 - a resumed run continues in the directory of the run it resumes: `adopt` moves this command's
   config record under the old run's `.hydra/`, sends the log there, and removes the new directory;
 - a directory that already holds a run is never trained into from scratch (`check_free`);
@@ -22,9 +22,13 @@ import socket
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import IO
 
+from omegaconf import OmegaConf
+
 from lit_gpt_char.errors import UserError
+from lit_gpt_char.options import Options, option
 
 LOCK_FILE = ".lock"
 RUN_MARKERS = ("checkpoints", "tensorboard", "status.json")  # what only a run (not Hydra) writes
@@ -44,6 +48,25 @@ def hydra_subdir(output_dir: str) -> str:
     if (Path(output_dir) / ".hydra" / "config.yaml").exists():
         return f".hydra/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{run_id()}"
     return ".hydra"
+
+
+OmegaConf.register_new_resolver("run_id", run_id, replace=True, use_cache=True)
+OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True, use_cache=True)
+
+
+@dataclass
+class PathsConfig(Options):
+    """paths.*: where corpora live and where runs write."""
+
+    KEY = "paths"
+    data_dir: str | None = option(
+        None, "where corpora are downloaded and kept; null: $LIT_GPT_CHAR_DATA_DIR, else ./data"
+    )
+    log_dir: str = option("${oc.env:LIT_GPT_CHAR_LOG_DIR,outputs}", "root of all runs (each gets its own directory)")
+    output_dir: str = option(
+        "${hydra:runtime.output_dir}",
+        "this run's directory: checkpoints/, tensorboard/, plots/, tokenizer.json, .hydra/, train.log",
+    )
 
 
 def holds_a_run(run_dir: Path) -> bool:
