@@ -150,6 +150,7 @@ def test_a_temperature_too_small_for_float32_is_the_greedy_limit(temperature):
     assert {p[0] for p in picks} == {int(logits[0].float().argmax())}
     assert {p[1] for p in picks} == {1, 2}  # a tie of two: both, as in the limit
 
+
 def test_python_api_and_export_round_trip(trained_run, tmp_path):
     gen = load_generator(trained_run, device="cpu")
     text = gen.generate("the king", max_new_tokens=40, seed=3)

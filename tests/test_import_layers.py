@@ -64,6 +64,7 @@ ALLOWED = {
         "lit_gpt_char.training",
         "lit_gpt_char.results",
         "lit_gpt_char.config",
+        "lit_gpt_char.console",  # the composed config printed at a run's start (console imports only errors)
     ),
     "results": ("lit_gpt_char.errors", "lit_gpt_char.files", "lit_gpt_char.results"),
     # Modules between the layers: atomic writes (nothing of ours), and the loader that knows training's

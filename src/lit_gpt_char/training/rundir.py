@@ -21,8 +21,8 @@ import shutil
 import socket
 import sys
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from omegaconf import OmegaConf
