@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lit_gpt_char.training.config  # noqa: F401  (registers the resolvers the configs use)
 from lit_gpt_char.core.model import GPT, GPTConfig
+from lit_gpt_char.training.data import TextDataModule
+from lit_gpt_char.training.module import LitGPT
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -297,3 +299,21 @@ def option_model(block_size=16, **options) -> GPT:
             if name.endswith("bias") or (p.dim() == 1 and (p == 1).all()):
                 p.normal_(0, 0.1).add_(1 if not name.endswith("bias") else 0)
     return m
+
+
+# A user's own classes, selected by `_target_` (model._target_=helpers.MarkedLitGPT): they count how often
+# the train command builds them, to show it builds what the config names.
+class MarkedLitGPT(LitGPT):
+    built = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        type(self).built += 1
+
+
+class MarkedTextDataModule(TextDataModule):
+    built = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        type(self).built += 1

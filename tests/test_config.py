@@ -50,9 +50,10 @@ def test_config_composes_resolves_and_instantiates(overrides, tmp_path, corpus):
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         cfg.trainer.accelerator = "cpu"  # (a GPU config is refused here:) the rest of it is still checked and built
     s = check_config(cfg)  # and every value is in range
-    TextDataModule(s.data, block_size=s.model.block_size)
-    module = LitGPT(list("abcdefg"), s.model, s.optim)
-    assert module.model.config.n_layer == cfg.model.n_layer
+    # Built as the train command builds them: Hydra's _target_, and what other groups decide.
+    hydra.utils.instantiate(cfg.data, _partial_=True)(block_size=s.model.block_size)
+    module = hydra.utils.instantiate(cfg.model, _partial_=True)(list("abcdefg"), optim=s.optim)
+    assert isinstance(module, LitGPT) and module.model.config.n_layer == cfg.model.n_layer
     for module, target in (("wandb", "Wandb"), ("mlflow", "MLflow")):  # optional extras: .[loggers]
         if any(target in str(c.get("_target_")) for c in (cfg.get("logger") or {}).values()):
             require(module)
@@ -91,14 +92,32 @@ def test_python_defaults_are_the_cli_defaults(tmp_path):
     )
 
 
+def test_hydra_builds_the_data_module_and_the_lightning_module_from_their_groups(corpus, tmp_path):
+    """data.* and model.* name their class (`_target_`, as trainer.*, callbacks and loggers do); the
+    run-time values (the model's context for the data, the corpus's vocabulary for the model) come at
+    the call (`_partial_`); checkpoints hold the options only, and the notebook API builds the same."""
+    cfg = compose_train([f"data.path={corpus}", "data.batch_size=8", "model.n_layer=1", "model.n_embd=32"], tmp_path)
+    assert cfg.data._target_ == "lit_gpt_char.training.data.TextDataModule"
+    assert cfg.model._target_ == "lit_gpt_char.training.module.LitGPT"
+    dm = hydra.utils.instantiate(cfg.data, _partial_=True)(block_size=cfg.model.block_size, seed=3)
+    assert isinstance(dm, TextDataModule) and dm.cfg.batch_size == 8 and dm.cfg.path == str(corpus) and dm.seed == 3
+    module = hydra.utils.instantiate(cfg.model, _partial_=True)(dm.tokenizer.chars)
+    assert module.model.config.n_layer == 1 and module.model.config.vocab_size == dm.tokenizer.vocab_size
+    assert "_target_" not in module.hparams["model"] and "_target_" not in dm.corpus_meta()["data"]
+    same = LitGPT(dm.tokenizer.chars, n_layer=1, n_embd=32)
+    assert same.hparams["model"] == module.hparams["model"]
+    with pytest.raises(UserError, match=r"^model.n_layer=0: must be"):  # by name, checked the same way
+        LitGPT(list("ab"), {"n_embd": 32}, n_layer=0)
+
+
 def test_model_config_is_gpt_config_plus_compile_with_the_vocabulary_from_the_corpus():
     """model.* is GPTConfig itself (a subclass: its defaults, types and ranges once) plus compile;
     vocab_size is the corpus's, so the config leaves it null and refuses a value."""
     assert issubclass(ModelConfig, GPTConfig)
     gpt = {f.name: f for f in dataclasses.fields(GPTConfig)}
     model = {f.name: f for f in dataclasses.fields(ModelConfig)}
-    assert set(model) == set(gpt) | {"compile"}
-    for name in set(model) - {"compile", "vocab_size"}:
+    assert set(model) == set(gpt) | {"compile", "_target_"}
+    for name in set(model) - {"compile", "vocab_size", "_target_"}:
         assert model[name].default == gpt[name].default and model[name].metadata == gpt[name].metadata
     assert ModelConfig().vocab_size is None
     with pytest.raises(UserError, match=r"model.vocab_size=100: the corpus decides"):

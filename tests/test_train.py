@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, TINY, run_cli, run_main, scalars
+from helpers import REPO, TINY, MarkedLitGPT, MarkedTextDataModule, run_cli, run_main, scalars
 
 from lit_gpt_char import sample, train
 from lit_gpt_char.core.tokenizer import CharTokenizer
@@ -156,3 +156,23 @@ def test_compiled_run_checkpoint_samples_uncompiled(tmp_path, corpus, capsys):
     capsys.readouterr()
     assert run_main(sample.main, f"ckpt={run_dir}", "max_new_tokens=20", "compile=false") == 0
     assert len(capsys.readouterr().out) >= 20
+
+
+def test_the_train_command_builds_the_module_and_data_module_its_config_names(corpus, tmp_path, capsys):
+    """model._target_ and data._target_ are live: a user's own subclasses train and checkpoint as ours do;
+    a target that cannot be found is one error line naming the key, and nothing is left behind."""
+    MarkedLitGPT.built = MarkedTextDataModule.built = 0
+    run_dir = tmp_path / "r"
+    args = [*TINY, f"data.path={corpus}", "trainer.max_steps=2", "trainer.val_check_interval=2"]
+    targets = ["model._target_=helpers.MarkedLitGPT", "data._target_=helpers.MarkedTextDataModule"]
+    assert run_main(train.main, *args, *targets, f"hydra.run.dir={run_dir}") == 0, capsys.readouterr().err[-2000:]
+    assert MarkedLitGPT.built == 1 and MarkedTextDataModule.built == 1
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["model"]["n_layer"] == 2 and ckpt["global_step"] == 2
+    capsys.readouterr()
+    assert run_main(train.main, *args, "model._target_=nowhere.Model", f"hydra.run.dir={tmp_path / 'bad'}") == 2
+    err = capsys.readouterr().err
+    assert [ln for ln in err.splitlines() if ln.startswith("error: ")] == [
+        next(ln for ln in err.splitlines() if ln.startswith("error: model: "))
+    ] and "Traceback" not in err, err[-2000:]
+    assert not (tmp_path / "bad").exists()

@@ -136,8 +136,8 @@ class Options:
         return f"{cls.KEY}.{name}" if cls.KEY else name
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values only, e.g. for a checkpoint or JSON."""
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        """Plain values only, e.g. for a checkpoint or JSON: the options, without Hydra's `_target_`."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith("_")}  # type: ignore[call-overload]
 
 
 def build(cls: type, values: Any = None, **extra: Any) -> Any:

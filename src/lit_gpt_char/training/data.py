@@ -55,6 +55,7 @@ class DataConfig(CorpusConfig):
     ranges). The defaults are Tiny Shakespeare's; data.path=FILE trains on any UTF-8 text."""
 
     KEY = "data"
+    _target_: str = "lit_gpt_char.training.data.TextDataModule"  # what Hydra builds (with the model's context: run.py)
 
 
 def sample_val_starts(n_targets: int, block_size: int, n_tokens: int, seed: int = VAL_SAMPLE_SEED) -> list[int]:
@@ -155,8 +156,9 @@ class TextDataModule(L.LightningDataModule):
     """One text file as a character-level language-modelling task (Tiny Shakespeare by default).
 
     block_size is the model's context (model.block_size), seed the run's; data_dir defaults to
-    $LIT_GPT_CHAR_DATA_DIR or ./data; the tokenizer is written to tokenizer_path if given.
-    Works without a Trainer too (setup(), then train_data / val_data / test_data).
+    $LIT_GPT_CHAR_DATA_DIR or ./data; the tokenizer is written to tokenizer_path if given. The data
+    options come as `data` or by name (`TextDataModule(path="my.txt")`: how Hydra builds it from the
+    data group). Works without a Trainer too (setup(), then train_data / val_data / test_data).
     """
 
     def __init__(
@@ -167,8 +169,11 @@ class TextDataModule(L.LightningDataModule):
         seed: int = SEED,
         data_dir: str | None = None,
         tokenizer_path: str | None = None,
+        **options: Any,
     ):
         super().__init__()
+        if options:  # data.* by name, over `data`
+            data = {**(data.to_dict() if isinstance(data, CorpusConfig) else data or {}), **options}
         self.corpus = Corpus(data if isinstance(data, CorpusConfig) else build(DataConfig, data), data_dir)
         self.cfg = self.corpus.cfg
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:

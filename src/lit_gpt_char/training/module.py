@@ -48,6 +48,7 @@ class ModelConfig(GPTConfig):
     corpus gives vocab_size."""
 
     KEY = "model"
+    _target_: str = "lit_gpt_char.training.module.LitGPT"  # what Hydra builds (with the vocabulary: run.py)
     vocab_size: int | None = option(None, "taken from the corpus's tokenizer: leave it null", ge=1)
     compile: bool = option(False, "torch.compile the model for training (worth it on GPUs; no gain on CPUs)")
 
@@ -68,7 +69,9 @@ class LitGPT(L.LightningModule):
     unit (char, or byte: see core/tokenizer.py).
 
     `model` and `optim` default to the CLI's defaults (they are the same dataclasses), so
-    LitGPT(vocab) here and `python -m lit_gpt_char.train` build the same model and optimizer.
+    LitGPT(vocab) here and `python -m lit_gpt_char.train` build the same model and optimizer. Model
+    options may also come by name (`LitGPT(vocab, n_layer=2)`): that is how Hydra builds it from the
+    model group (`_target_`, with `_partial_` until the corpus gives the vocabulary).
     """
 
     def __init__(
@@ -77,8 +80,11 @@ class LitGPT(L.LightningModule):
         model: ModelConfig | Mapping[str, Any] | None = None,
         optim: OptimConfig | Mapping[str, Any] | None = None,
         unit: str = "char",
+        **options: Any,
     ):
         super().__init__()
+        if options:  # model.* by name, over `model`
+            model = {**(model.to_dict() if isinstance(model, ModelConfig) else model or {}), **options}
         model = model if isinstance(model, ModelConfig) else build(ModelConfig, model)
         self.optim = optim if isinstance(optim, OptimConfig) else build(OptimConfig, optim)
         self.tokenizer = CharTokenizer(vocab, unit)

@@ -12,6 +12,7 @@ import logging
 import math
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,7 @@ class Plan:
     resume: Resume | None
     datamodule: TextDataModule
     vocab: list[str]
+    module: Callable[..., LitGPT]  # model._target_ with model.* bound: called with the vocabulary and optim.*
 
 
 def hyperparameters_of(s: Settings) -> dict[str, Any]:
@@ -228,14 +230,18 @@ def prepare(cfg: DictConfig) -> Plan:
     from, the corpus and its vocabulary, and that the checkpoint fits the configured model."""
     settings = check_config(cfg)
     resume = resolve_resume(cfg, settings)
-    datamodule = TextDataModule(
-        settings.data, block_size=settings.model.block_size, seed=settings.run.seed, data_dir=settings.paths.data_dir
+    # Hydra builds the data module and the LightningModule from data.* and model.* (their _target_);
+    # what other groups or the corpus decide comes at the call (_partial_).
+    module = instantiate(cfg.model, "model", _partial_=True)
+    s = settings
+    datamodule = instantiate(cfg.data, "data", _partial_=True)(
+        block_size=s.model.block_size, seed=s.run.seed, data_dir=s.paths.data_dir
     )
     vocab = datamodule.tokenizer.chars
     check_fits_in_memory(gpt_config(len(vocab), settings.model), settings.trainer)
     if resume is not None:
         check_resume_fits(resume, datamodule.tokenizer, settings)
-    return Plan(settings, resume, datamodule, vocab)
+    return Plan(settings, resume, datamodule, vocab, module)
 
 
 def check_fits_in_memory(config: GPTConfig, trainer: TrainerConfig) -> None:
@@ -340,7 +346,7 @@ def train(cfg: DictConfig, plan: Plan) -> float | None:
     monitor_val_sample(callbacks, datamodule)
     if rank_zero_only.rank == 0 and settings.run.print_config:
         print_config_tree(cfg)
-    module = LitGPT(plan.vocab, settings.model, settings.optim, unit=datamodule.tokenizer.unit)
+    module = plan.module(plan.vocab, optim=settings.optim, unit=datamodule.tokenizer.unit)
     if trainer.is_global_zero:
         update_status(out, params=module.model.num_params())
         log.info(effective_batch(trainer, settings.data.batch_size, settings.model.block_size))
