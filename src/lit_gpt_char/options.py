@@ -141,13 +141,15 @@ class Options:
 
 
 def build(cls: type, values: Any = None, **extra: Any) -> Any:
-    """cls(**values) from plain values or a config node (interpolations resolved), with an unknown key
+    """cls(**values, **extra) from plain values, options or a config node (interpolations resolved), with an unknown key
     refused by name (an OPEN cls leaves them out) and a node's `_target_` left out."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(values, cls) and not extra:
         return values
+    if isinstance(values, Options):  # an instance, with `extra` over it (or of a parent schema)
+        values = values.to_dict()
     if OmegaConf.is_config(values):
         try:
             values = OmegaConf.to_container(values, resolve=True, throw_on_missing=True)

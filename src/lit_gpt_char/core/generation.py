@@ -183,7 +183,8 @@ def sample_logits(
     # Shifted so the largest is 0 first: any temperature > 0, however small, then divides without
     # overflow (the others go to -inf: the greedy limit), and softmax never sees inf - inf. One below
     # float32's range would round to 0 (0/0): its limit is taken as it is, the largest logits alone.
-    shifted = logits.float() - logits.float().amax(dim=-1, keepdim=True)
+    logits = logits.float()
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
     if temperature < torch.finfo(torch.float32).tiny:
         logits = shifted.masked_fill(shifted < 0, float("-inf"))
     else:

@@ -172,9 +172,9 @@ class TextDataModule(L.LightningDataModule):
         **options: Any,
     ):
         super().__init__()
-        if options:  # data.* by name, over `data`
-            data = {**(data.to_dict() if isinstance(data, CorpusConfig) else data or {}), **options}
-        self.corpus = Corpus(data if isinstance(data, CorpusConfig) else build(DataConfig, data), data_dir)
+        # data.* by name (options) over `data`; a CorpusConfig of core's as it is
+        data = data if isinstance(data, CorpusConfig) and not options else build(DataConfig, data, **options)
+        self.corpus = Corpus(data, data_dir)
         self.cfg = self.corpus.cfg
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise UserError(f"model.block_size={block_size}: must be an integer >= 1")

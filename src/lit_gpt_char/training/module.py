@@ -83,9 +83,7 @@ class LitGPT(L.LightningModule):
         **options: Any,
     ):
         super().__init__()
-        if options:  # model.* by name, over `model`
-            model = {**(model.to_dict() if isinstance(model, ModelConfig) else model or {}), **options}
-        model = model if isinstance(model, ModelConfig) else build(ModelConfig, model)
+        model = build(ModelConfig, model, **options)  # model.* by name (options) over `model`
         self.optim = optim if isinstance(optim, OptimConfig) else build(OptimConfig, optim)
         self.tokenizer = CharTokenizer(vocab, unit)
         # Plain values only, so checkpoints load with weights_only=True.

@@ -233,9 +233,8 @@ def prepare(cfg: DictConfig) -> Plan:
     # Hydra builds the data module and the LightningModule from data.* and model.* (their _target_);
     # what other groups or the corpus decide comes at the call (_partial_).
     module = instantiate(cfg.model, "model", _partial_=True)
-    s = settings
     datamodule = instantiate(cfg.data, "data", _partial_=True)(
-        block_size=s.model.block_size, seed=s.run.seed, data_dir=s.paths.data_dir
+        block_size=settings.model.block_size, seed=settings.run.seed, data_dir=settings.paths.data_dir
     )
     vocab = datamodule.tokenizer.chars
     check_fits_in_memory(gpt_config(len(vocab), settings.model), settings.trainer)
