@@ -3,7 +3,13 @@ uninterrupted run of the resume tests' recipe."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# With pytest-xdist (`-n auto`, the README's command: a worker per core) each worker, and each process
+# it starts, computes on one thread: workers with a thread per core each would fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import pytest
 from helpers import REAL_CORPUS, RESUME, TINY, make_text, run_main
