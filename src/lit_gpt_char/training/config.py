@@ -65,22 +65,6 @@ class TrainConfig(Options):
             raise UserError(f"resume=auto and ckpt_path={self.ckpt_path}: give one of them")
 
 
-# The schemas of the callbacks Hydra instantiates: their options, and the class to build.
-@dataclass
-class GenerateSamplesNode(GenerateSamplesConfig):
-    _target_: str = "lit_gpt_char.training.callbacks.samples.GenerateSamples"
-
-
-@dataclass
-class PlotCurvesNode(PlotCurvesConfig):
-    _target_: str = "lit_gpt_char.training.callbacks.curves.PlotCurves"
-
-
-@dataclass
-class ProgressLogNode(ProgressLogConfig):
-    _target_: str = "lit_gpt_char.training.callbacks.progress.ProgressLog"
-
-
 SCHEMAS: dict[str, type] = {
     "train": TrainConfig,
     "model": ModelConfig,
@@ -88,9 +72,9 @@ SCHEMAS: dict[str, type] = {
     "data": DataConfig,
     "trainer": TrainerConfig,
     "paths": PathsConfig,
-    "generate_samples": GenerateSamplesNode,
-    "plot_curves": PlotCurvesNode,
-    "progress_log": ProgressLogNode,
+    "generate_samples": GenerateSamplesConfig,
+    "plot_curves": PlotCurvesConfig,
+    "progress_log": ProgressLogConfig,
 }
 for _name, _schema in SCHEMAS.items():
     register(_name, _schema)
