@@ -6,7 +6,9 @@ equal to the source here, so they cannot drift apart."""
 from __future__ import annotations
 
 import inspect
+import io
 import re
+import tokenize
 from dataclasses import fields
 
 import pytest
@@ -87,6 +89,17 @@ def test_samples_during_training_draw_as_sampling_does():
 def test_one_default_seed():
     assert TrainConfig.seed == SamplingOptions.seed == SEED
     assert inspect.signature(TextDataModule.__init__).parameters["seed"].default == SEED
+    # The number itself, as code (a docstring's example aside), is written in options.SEED only; besides it,
+    # the bench's plain-PyTorch reference (it imports nothing of ours) and experiment=seed, which pins the
+    # notebook's own seed whatever the default becomes.
+    src = REPO / "src" / "lit_gpt_char"
+    found = set()
+    for path in src.rglob("*.py"):
+        tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+        if any(t.type == tokenize.NUMBER and t.string == str(SEED) for t in tokens):
+            found.add(str(path.relative_to(src)))
+    found |= {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml") if re.search(rf"\b{SEED}\b", p.read_text())}
+    assert found == {"options.py", "baseline.py", "experiment/seed.yaml"}
 
 
 def test_the_model_configs_comment_says_the_models_defaults():

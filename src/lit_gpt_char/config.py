@@ -1,9 +1,9 @@
 """Hydra glue shared by the entry points: schemas into the ConfigStore, and the console entry that
 turns Hydra's and OmegaConf's errors into one `error:` line.
 
-The schemas themselves live beside what they configure (core.model.GPTConfig, training.optim,
-training.data, ...); conf/*.yaml names them in its defaults lists (`/schema/<name>@_here_`), so a
-YAML file only selects and overrides. `--help` is helptext.py's.
+The schemas live beside what they configure (core.model.GPTConfig, training.optim, ...); conf/*.yaml
+builds on them (`/schema/<name>@_here_` in its defaults lists), so a YAML file only selects and
+overrides. `--help` is helptext.py's.
 """
 
 from __future__ import annotations
@@ -35,55 +35,45 @@ def config_error_message(e: BaseException) -> str:
     made from the exception's fields and the value as the user typed it, never from its text."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
-    if isinstance(e, OverrideParseException):  # the override grammar refused it
-        return grammar_error_message(e.override)
+    if isinstance(e, OverrideParseException):  # outside the grammar's plain values: non-ASCII, spaces, ...
+        key, sep, value = e.override.partition("=")
+        if not sep:
+            return f"{e.override}: not an override: write key=value (a new key: +key=value)"
+        inner = value.replace("\\", "\\\\").replace("'", "\\'")
+        how = f"quote it for Hydra inside quotes for the shell, e.g. \"{key}='{inner}'\""
+        return f"{e.override}: Hydra cannot read this value unquoted: {how}"
     if isinstance(e, MissingConfigException) and e.options is not None:  # group=option with no such file
         group, _, name = str(e.missing_cfg_file).rpartition("/")
         return f"{group}={name}: no such option: the choices are {', '.join(e.options)}"
     return error_line(e if isinstance(e, OmegaConfBaseException) or e.__cause__ is None else e.__cause__)
 
 
-def grammar_error_message(override: str) -> str:
-    """One line for an argument Hydra's override grammar cannot read (characters outside its plain
-    values, such as non-ASCII letters, spaces or brackets): how to quote it."""
-    key, sep, value = override.partition("=")
-    if not sep:
-        return f"{override}: not an override: write key=value (a new key: +key=value)"
-    inner = value.replace("\\", "\\\\").replace("'", "\\'")
-    return (
-        f"{override}: Hydra cannot read this value unquoted: quote it for Hydra inside quotes for the shell, "
-        f"e.g. \"{key}='{inner}'\""
-    )
-
-
 def run(
     config_name: str, task: Callable[[DictConfig], Any], help: Callable[[], str] | None = None
 ) -> Callable[[], Any]:
-    """The console entry of a Hydra command: parse the command line, compose conf/<config_name>.yaml,
-    run task(cfg). Mistakes anywhere (an unknown key, a value of the wrong type, a missing group
-    option, or a UserError from the task) end as one `error:` line and exit status 2; bugs raise.
-    HYDRA_FULL_ERROR=1 shows the traceback of any error. `--help` (or -h) prints help() (see help_text)
-    before Hydra starts; `--hydra-help` is Hydra's own."""
+    """The console entry of a Hydra command: compose conf/<config_name>.yaml from the command line and
+    run task(cfg). A mistake (an unknown key, a wrong type, a missing group option, a UserError from the
+    task) ends as one `error:` line and exit status 2; bugs raise; HYDRA_FULL_ERROR=1 shows any error's
+    traceback. `--help` (or -h) prints help(); `--hydra-help` is Hydra's own."""
     import hydra
+    from hydra.errors import ConfigCompositionException, OverrideParseException
 
     wrapped = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name)(
         user_errors(task)
     )
 
     def main() -> Any:
-        # Hydra prints its own errors and exits 1 unless HYDRA_FULL_ERROR is set; set, it raises them
-        # here. Whether the user asked for tracebacks is kept in LIT_GPT_CHAR_TRACEBACK, which
-        # processes started by this one (DDP ranks) inherit.
         quiet_broken_pipes()
         if help is not None and {"--help", "-h"} & set(sys.argv[1:]):
-            print(help())
-            return None
+            return print(help())
+        # Set, HYDRA_FULL_ERROR makes Hydra raise its errors here instead of printing them and exiting 1;
+        # whether the user set it is read first (and kept for the processes this one starts: DDP ranks).
         wants_traceback()
         before = os.environ.get("HYDRA_FULL_ERROR")
         os.environ["HYDRA_FULL_ERROR"] = "1"
         try:
             return wrapped()
-        except (OmegaConfBaseException, *_hydra_errors()) as e:
+        except (OmegaConfBaseException, ConfigCompositionException, OverrideParseException) as e:
             if wants_traceback():
                 raise
             print(f"error: {config_error_message(e)}", file=sys.stderr, flush=True)
@@ -95,9 +85,3 @@ def run(
                 os.environ["HYDRA_FULL_ERROR"] = before
 
     return main
-
-
-def _hydra_errors() -> tuple[type[BaseException], ...]:
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-
-    return ConfigCompositionException, MissingConfigException, OverrideParseException

@@ -1,10 +1,6 @@
-"""User errors: mistakes a user can fix, shown as one message without a traceback.
-
-Bugs still raise normally. Entry points wrap their work in `user_errors`, which prints
-``error: <message>`` to stderr and exits with status 2. Inside a Hydra multirun the error
-is re-raised instead, so `job_status.record_status` marks the job failed and the sweep goes on;
-a `LaunchError` ends even a multirun.
-"""
+"""User errors: mistakes a user can fix, shown as one `error: <message>` line on stderr with exit status
+2 and no traceback (`user_errors`); bugs still raise. Inside a Hydra multirun a UserError is re-raised
+instead, so the job is marked failed and the sweep goes on; a `LaunchError` ends even a multirun."""
 
 from __future__ import annotations
 
@@ -15,6 +11,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+TRACEBACK_ENV = "LIT_GPT_CHAR_TRACEBACK"
 
 
 class UserError(ValueError):
@@ -22,28 +19,24 @@ class UserError(ValueError):
 
 
 class LaunchError(UserError):
-    """The run was launched in a way that cannot work (e.g. a multirun with plain DDP). Every job of
-    a sweep would hit it, so it ends a multirun at once instead of failing job after job."""
+    """The run was launched in a way that cannot work (e.g. a multirun with plain DDP): every job of a
+    sweep would hit it, so it ends a multirun at once instead of failing job after job."""
 
 
 class TrainingDiverged(UserError):
     """The training or validation loss became NaN or infinite."""
 
 
-TRACEBACK_ENV = "LIT_GPT_CHAR_TRACEBACK"
-
-
 def wants_traceback() -> bool:
-    """Whether the user asked for tracebacks: HYDRA_FULL_ERROR=1 when the command started.
-
-    Remembered in LIT_GPT_CHAR_TRACEBACK, because the entry point sets HYDRA_FULL_ERROR itself (to
-    catch Hydra's errors), and processes it starts (DDP ranks) inherit the answer."""
+    """Whether the user asked for tracebacks: HYDRA_FULL_ERROR=1 when the command started. Kept in
+    LIT_GPT_CHAR_TRACEBACK, since the entry point sets HYDRA_FULL_ERROR itself (to catch Hydra's errors)
+    and the processes it starts (DDP ranks) inherit the answer."""
     if TRACEBACK_ENV not in os.environ:
         os.environ[TRACEBACK_ENV] = "1" if os.environ.get("HYDRA_FULL_ERROR") == "1" else "0"
     return os.environ[TRACEBACK_ENV] == "1"
 
 
-def find_user_error(e: BaseException) -> UserError | None:
+def find_user_error(e: BaseException | None) -> UserError | None:
     """e itself or the UserError it wraps (hydra.utils.instantiate wraps what a constructor raises)."""
     while e is not None and not isinstance(e, UserError):
         e = e.__cause__
@@ -59,7 +52,7 @@ def in_multirun() -> bool:
 
 
 def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turn a UserError raised by fn into `error: ...` on stderr and exit status 2."""
+    """fn, with a UserError it raises turned into `error: ...` on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import re
 import sys
 import types
@@ -81,18 +82,13 @@ def allowed(value: Any, meta: Mapping[str, Any]) -> bool:
         return value in meta["choices"]
     if meta.get("length") is not None and len(value) != meta["length"]:
         return False
-    for x in value if isinstance(value, (list, tuple)) else [value]:
-        if isinstance(x, bool) or not isinstance(x, (int, float)):
-            continue
-        if not math.isfinite(x):
-            return False
-        for bound, ok in _TESTS.items():
-            if meta.get(bound) is not None and not ok(x, meta[bound]):
-                return False
-    return True
+    items = value if isinstance(value, (list, tuple)) else [value]
+    numbers = [x for x in items if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    bounds = [(_TESTS[k], meta[k]) for k in _TESTS if meta.get(k) is not None]
+    return all(math.isfinite(x) and all(test(x, b) for test, b in bounds) for x in numbers)
 
 
-_TESTS = {"ge": lambda x, b: x >= b, "gt": lambda x, b: x > b, "le": lambda x, b: x <= b, "lt": lambda x, b: x < b}
+_TESTS = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
 
 
 class Options:
