@@ -65,7 +65,8 @@ def run(
     def main() -> Any:
         quiet_broken_pipes()
         if help is not None and {"--help", "-h"} & set(sys.argv[1:]):
-            return print(help())
+            print(help())
+            return None
         # Set, HYDRA_FULL_ERROR makes Hydra raise its errors here instead of printing them and exiting 1;
         # whether the user set it is read first (and kept for the processes this one starts: DDP ranks).
         wants_traceback()
