@@ -55,7 +55,7 @@ class DataConfig(CorpusConfig):
     ranges). The defaults are Tiny Shakespeare's; data.path=FILE trains on any UTF-8 text."""
 
     KEY = "data"
-    _target_: str = "lit_gpt_char.training.data.TextDataModule"  # what Hydra builds (with the model's context: run.py)
+    _target_: str = f"{__name__}.TextDataModule"  # what Hydra builds (with the model's context: run.py)
 
 
 def sample_val_starts(n_targets: int, block_size: int, n_tokens: int, seed: int = VAL_SAMPLE_SEED) -> list[int]:

@@ -48,7 +48,7 @@ class ModelConfig(GPTConfig):
     corpus gives vocab_size."""
 
     KEY = "model"
-    _target_: str = "lit_gpt_char.training.module.LitGPT"  # what Hydra builds (with the vocabulary: run.py)
+    _target_: str = f"{__name__}.LitGPT"  # what Hydra builds (with the vocabulary: run.py)
     vocab_size: int | None = option(None, "taken from the corpus's tokenizer: leave it null", ge=1)
     compile: bool = option(False, "torch.compile the model for training (worth it on GPUs; no gain on CPUs)")
 

@@ -21,7 +21,7 @@ class PlotCurvesConfig(Options):
     """callbacks.plot_curves.*: the run's PNG curves."""
 
     KEY = "callbacks.plot_curves"
-    _target_: str = "lit_gpt_char.training.callbacks.curves.PlotCurves"  # what Hydra builds
+    _target_: str = f"{__name__}.PlotCurves"  # what Hydra builds
     out_dir: str = option("plots", "where the PNGs go (the train config puts them in <run dir>/plots)")
     smoothing: float = option(plots.SMOOTHING, "EMA weight of the smoothed lines (TensorBoard's slider)", ge=0, lt=1)
 

@@ -20,7 +20,7 @@ class ProgressLogConfig(Options):
     """callbacks.progress_log.*: progress as lines of text, for runs nobody watches live."""
 
     KEY = "callbacks.progress_log"
-    _target_: str = "lit_gpt_char.training.callbacks.progress.ProgressLog"  # what Hydra builds
+    _target_: str = f"{__name__}.ProgressLog"  # what Hydra builds
     every_n_steps: int = option(100, "a line (step, loss, lr, tokens/s, ETA) every N optimizer steps", ge=1)
     stdout: bool | None = option(
         None, "print the lines to stdout too; null: when stdout is not a terminal (a terminal has the progress bar)"

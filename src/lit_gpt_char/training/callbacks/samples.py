@@ -25,7 +25,7 @@ class GenerateSamplesConfig(Options):
     """callbacks.generate_samples.*: text written during training."""
 
     KEY = "callbacks.generate_samples"
-    _target_: str = "lit_gpt_char.training.callbacks.samples.GenerateSamples"  # what Hydra builds
+    _target_: str = f"{__name__}.GenerateSamples"  # what Hydra builds
     every_n_steps: int | None = option(
         500, "write a sample every N optimizer steps (and at the end); null: only at the end", ge=1
     )
