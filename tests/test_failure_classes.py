@@ -211,6 +211,20 @@ def test_a_second_run_in_a_live_runs_directory_is_refused(tmp_path, corpus, caps
         first.communicate(timeout=60)
 
 
+@pytest.mark.parametrize("where", ["file", "proc", "sweep"])
+def test_a_run_directory_that_cannot_be_made_is_one_line(where, tmp_path, corpus, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine\n")
+    log_dir = blocker if where != "proc" else Path("/proc/no_such_dir")  # a file; a virtual file system
+    sweep = ["-m"] if where == "sweep" else []
+    code = run_main(train.main, *sweep, *TINY, f"data.path={corpus}", f"paths.log_dir={log_dir}")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [err.strip().splitlines()[-1]]
+    assert f"cannot create the run's directory {log_dir}" in err and "paths.log_dir=DIR" in err
+    assert blocker.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 def test_default_run_directories_are_unique_within_a_second():
     """Run directories are named by the second they start in plus a random suffix (one per process:
     the resolver's value is cached, so Hydra's and the run's own accesses agree)."""

@@ -8,6 +8,7 @@ overrides. `--help` is helptext.py's.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -54,12 +55,22 @@ def run(
     """The console entry of a Hydra command: compose conf/<config_name>.yaml from the command line and
     run task(cfg). A mistake (an unknown key, a wrong type, a missing group option, a UserError from the
     task) ends as one `error:` line and exit status 2; bugs raise; HYDRA_FULL_ERROR=1 shows any error's
-    traceback. `--help` (or -h) prints help(); `--hydra-help` is Hydra's own."""
+    traceback. `--help` (or -h) prints help(); `--hydra-help` is Hydra's own. A directory Hydra cannot
+    create for the run (paths.log_dir a file, or on a read-only or virtual file system) is one line too."""
     import hydra
     from hydra.errors import ConfigCompositionException, OverrideParseException
 
+    checked = user_errors(task)
+    started = False  # whether Hydra got as far as the task: an OSError before it is Hydra's mkdir of the run dir
+
+    @functools.wraps(task)
+    def started_task(cfg: DictConfig) -> Any:
+        nonlocal started
+        started = True
+        return checked(cfg)
+
     wrapped = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name)(
-        user_errors(task)
+        started_task
     )
 
     def main() -> Any:
@@ -78,6 +89,12 @@ def run(
             if wants_traceback():
                 raise
             print(f"error: {config_error_message(e)}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        except OSError as e:
+            if started or e.filename is None or wants_traceback():
+                raise
+            where = "pass paths.log_dir=DIR in a writable place (or hydra.run.dir=, hydra.sweep.dir=)"
+            print(f"error: cannot create the run's directory {e.filename} ({e.strerror}): {where}", file=sys.stderr)
             sys.exit(2)
         finally:
             if before is None:
