@@ -61,7 +61,7 @@ def run(
     from hydra.errors import ConfigCompositionException, OverrideParseException
 
     checked = user_errors(task)
-    started = False  # whether Hydra got as far as the task: an OSError before it is Hydra's mkdir of the run dir
+    started = False  # in this call of main, whether Hydra got as far as the task: an OSError before it is its mkdir
 
     @functools.wraps(task)
     def started_task(cfg: DictConfig) -> Any:
@@ -74,6 +74,8 @@ def run(
     )
 
     def main() -> Any:
+        nonlocal started
+        started = False
         quiet_broken_pipes()
         if help is not None and {"--help", "-h"} & set(sys.argv[1:]):
             print(help())
